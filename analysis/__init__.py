@@ -1,0 +1,2 @@
+"""Programs that turn weights, runs and checkpoint series into tables and figures; they import the library,
+never ``train/``."""

@@ -1,0 +1,70 @@
+"""Whole-model Weibull fit: weibull-jax (one jitted call) vs npm-weibull-py 0.4 on the same arrays.
+
+  PYTHONPATH=. python tests/benchmarks/bench_weibull.py [--preset=pythia-70m] [--repeats=50]
+
+Fits the 24 transformer matrices of a freshly initialised Pythia-70M-shaped model (W_qkv, W_o, W_FFN_in,
+W_FFN_out × 6 blocks; 18.9 M weights), times the warm jitted call on the default JAX device (median of
+``repeats``), times npm-weibull-py (``extract_to_histogram`` + ``weibull_fit`` per matrix) on the host in
+the same run, prints both, their ratio and the largest |Δk| and |Δλ|/λ between them. Not collected by pytest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import jax
+import numpy as np
+
+from weibull_jax import anchor, taxonomy, weibull
+from weibull_jax.models import presets
+
+
+def _median_seconds(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="pythia-70m")
+    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--reference_repeats", type=int, default=3)
+    args = parser.parse_args()
+    import npm_weibull
+
+    spec = anchor.pythia_init_spec(presets.preset(args.preset))
+    spec = {n: s for n, s in spec.items() if taxonomy.block_of(n) >= 0 and len(s.shape) == 2}
+    host = {n: np.asarray(w) for n, w in anchor.sample_init(jax.random.key(0), spec).items()}
+    device = jax.device_put(host)
+    n_weights = sum(w.size for w in host.values())
+
+    fits = weibull.fit_weibull_tree(device)  # compile and check once
+    jax.block_until_ready(fits)
+    ours = _median_seconds(lambda: jax.block_until_ready(weibull.fit_weibull_tree(device)), args.repeats)
+
+    def reference():
+        return {n: npm_weibull.weibull_fit(npm_weibull.extract_to_histogram(w)) for n, w in host.items()}
+
+    ref = reference()
+    theirs = _median_seconds(reference, args.reference_repeats)
+    dk = max(abs(float(fits[n].k) - ref[n]["k"]) for n in host)
+    dl = max(abs(float(fits[n].scale) / ref[n]["lambda"] - 1) for n in host)
+    single = {n: weibull.fit_weibull(w) for n, w in device.items()}
+    identical = all(np.array_equal(np.asarray(a), np.asarray(b)) for n in host for a, b in zip(single[n], fits[n]))
+
+    print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}")
+    print(f"model: {args.preset}, {len(host)} matrices, {n_weights / 1e6:.1f} M weights")
+    print(f"weibull-jax fit_weibull_tree (warm, jitted, median of {args.repeats}): {ours * 1e3:8.3f} ms")
+    print(f"npm-weibull-py 0.4 on the host (median of {args.reference_repeats}):       {theirs * 1e3:8.1f} ms")
+    print(f"speed-up: {theirs / ours:.0f}x")
+    print(f"agreement: max |dk| = {dk:.2e}, max |dλ|/λ = {dl:.2e}; tree == single fits bit for bit: {identical}")
+
+
+if __name__ == "__main__":
+    main()

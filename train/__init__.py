@@ -1,0 +1,1 @@
+"""The training program (``python -m train.main``); it imports the library, never ``analysis/``."""

@@ -1,0 +1,117 @@
+r"""The half-normal initialisation anchor and the initialisation recipes that set σ_init.
+
+Half-normal anchor (framework paper App. A.1). For w ~ N(0, σ²), |w| has CDF F(x) = erf(x / (σ√2)), so on
+the Weibull probability plot X = ln σ + g(F) with g(F) = ln(√2 erfinv F) and Y(F) = ln(−ln(1 − F)).
+Least squares of Y on X over the continuum of F ∈ [t, 1 − t] (the large-sample limit of the fit) gives
+
+.. math:: k_0 = \frac{\mathrm{Cov}(g, Y)}{\mathrm{Var}(g)}, \qquad
+          \frac{\lambda_0}{\sigma} = \exp\!\left(\bar g - \bar Y / k_0\right),
+
+deterministic integrals that evaluate to k0 ≈ 1.2054 and λ0/σ ≈ 0.8875 for t = 0.1.
+
+Initialisation recipes (App. A.3, GPT-NeoX source): small_init σ = √(2/(5d)) for input-side projections,
+wang_init σ = 2/(L√d) for output-side ones (Pythia 70m–1B, "recipe A"); normal σ = 0.02 and scaled_normal
+σ = 0.02/√(2L) (Pythia 6.9B, "recipe B").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy import integrate, special
+
+from weibull_jax.models.presets import TransformerShape
+from weibull_jax.weibull import trim_fraction
+
+
+def halfnormal_anchor(trim: float | str = 0.1) -> tuple[float, float]:
+    """(k0, λ0/σ) of the probability-plot fit to a half-normal, from the integrals of App. A.1 (scipy quad)."""
+    t = trim_fraction(trim)
+    lo, hi = t, 1.0 - t
+
+    def g(f):
+        return math.log(math.sqrt(2.0) * special.erfinv(f))
+
+    def y(f):
+        return math.log(-math.log1p(-f))
+
+    def mean(fn):
+        return integrate.quad(fn, lo, hi, limit=200)[0] / (hi - lo)
+
+    g_bar, y_bar = mean(g), mean(y)
+    cov = mean(lambda f: (g(f) - g_bar) * (y(f) - y_bar))
+    var = mean(lambda f: (g(f) - g_bar) ** 2)
+    k0 = cov / var
+    return k0, math.exp(g_bar - y_bar / k0)
+
+
+INIT_RECIPES = ("small_init", "wang_init", "normal", "scaled_normal")
+
+
+def init_sigma(recipe: str, d_model: int, n_layers: int) -> float:
+    """σ_init of a GPT-NeoX initialiser (framework paper App. A.3, Eq. 4 and recipe B)."""
+    if recipe == "small_init":
+        return math.sqrt(2.0 / (5.0 * d_model))
+    if recipe == "wang_init":
+        return 2.0 / (n_layers * math.sqrt(d_model))
+    if recipe == "normal":
+        return 0.02
+    if recipe == "scaled_normal":
+        return 0.02 / math.sqrt(2.0 * n_layers)
+    raise ValueError(f"unknown init recipe {recipe!r}; known: {INIT_RECIPES}")
+
+
+PYTHIA_RECIPES = {"A": ("small_init", "wang_init"), "B": ("normal", "scaled_normal")}
+
+
+@dataclasses.dataclass(frozen=True)
+class InitSpec:
+    """One tensor of a freshly initialised model: ``fill + sigma · N(0, 1)`` of the given shape."""
+
+    shape: tuple[int, ...]
+    sigma: float
+    fill: float = 0.0
+
+
+def pythia_init_spec(shape: TransformerShape, recipe: str = "A") -> dict[str, InitSpec]:
+    """Every tensor of a GPT-NeoX (Pythia) model under HuggingFace names, with its initial σ.
+
+    Input-side projections (embeddings, W_qkv, W_FFN_in, the unembedding) take the first initialiser of the
+    recipe, output-side projections (W_o, W_FFN_out) the second; biases start at 0, LayerNorm gains at 1.
+    """
+    if recipe not in PYTHIA_RECIPES:
+        raise ValueError(f"unknown Pythia init recipe {recipe!r}; known: {sorted(PYTHIA_RECIPES)}")
+    d, L, f, v = shape.d_model, shape.n_layers, shape.d_ff, shape.vocab_size
+    s_in, s_out = (init_sigma(r, d, L) for r in PYTHIA_RECIPES[recipe])
+    spec = {"gpt_neox.embed_in.weight": InitSpec((v, d), s_in)}
+    for i in range(L):
+        p = f"gpt_neox.layers.{i}."
+        for ln in ("input_layernorm", "post_attention_layernorm"):
+            spec[p + ln + ".weight"] = InitSpec((d,), 0.0, 1.0)
+            spec[p + ln + ".bias"] = InitSpec((d,), 0.0)
+        for name, out_dim, in_dim, sigma in (("attention.query_key_value", 3 * d, d, s_in),
+                                             ("attention.dense", d, d, s_out),
+                                             ("mlp.dense_h_to_4h", f, d, s_in),
+                                             ("mlp.dense_4h_to_h", d, f, s_out)):
+            spec[p + name + ".weight"] = InitSpec((out_dim, in_dim), sigma)
+            spec[p + name + ".bias"] = InitSpec((out_dim,), 0.0)
+    spec["gpt_neox.final_layer_norm.weight"] = InitSpec((d,), 0.0, 1.0)
+    spec["gpt_neox.final_layer_norm.bias"] = InitSpec((d,), 0.0)
+    spec["embed_out.weight"] = InitSpec((v, d), s_in)
+    return spec
+
+
+def sample_init(key: jax.Array, spec: dict[str, InitSpec], dtype=jnp.float32) -> dict[str, jax.Array]:
+    """Draws every tensor of ``spec`` (one key per tensor, in the spec's order)."""
+    keys = jax.random.split(key, len(spec))
+    return {name: (s.fill + s.sigma * jax.random.normal(k, s.shape, jnp.float32)).astype(dtype)
+            for k, (name, s) in zip(keys, spec.items())}
+
+
+def predicted_init_scale(sigma: float | np.ndarray, trim: float | str = 0.1) -> float | np.ndarray:
+    """λ at initialisation predicted from σ_init: λ0 = (λ0/σ) · σ_init (App. A.1, Eq. 2)."""
+    return halfnormal_anchor(trim)[1] * np.asarray(sigma)

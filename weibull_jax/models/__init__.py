@@ -1,0 +1,1 @@
+"""Model shapes and (in later modules) the Flax models themselves."""
