@@ -228,17 +228,24 @@ def compare_distributions(w: Any, center: bool = False) -> DistributionCompariso
     emp = np.cumsum(counts) / counts.sum()
     aic, ks, params = [], [], []
     for family in FAMILIES:
+        # Optimise in unconstrained coordinates (logs of the positive parameters), restarting Nelder–Mead
+        # from its own optimum so that a collapsed simplex does not stop it early.
+        positive = np.array([family != "lognormal", True])
 
-        def nll(p, family=family):
-            if np.any(p[1:] <= 0) or (family != "lognormal" and p[0] <= 0):
-                return 1e18
+        def nll(z, family=family, positive=positive):
+            p = np.where(positive, np.exp(z), z)
             prob = _family_cdf(family, upper, p) - _family_cdf(family, lower, p)
             return -float(counts @ np.log(np.maximum(prob, 1e-30)))
 
-        res = optimize.minimize(nll, _initial_params(family, counts), method="Nelder-Mead",
-                                options={"xatol": 1e-9, "fatol": 1e-9, "maxiter": 4000})
-        params.append(res.x)
+        p0 = _initial_params(family, counts)
+        z = np.array([np.log(v) if pos else v for v, pos in zip(p0, positive)])
+        for _ in range(3):
+            res = optimize.minimize(nll, z, method="Nelder-Mead",
+                                    options={"xatol": 1e-10, "fatol": 1e-10, "maxiter": 4000})
+            z = res.x
+        p = np.where(positive, np.exp(z), z)
+        params.append(p)
         aic.append(2 * 2 + 2 * res.fun)
-        ks.append(np.max(np.abs(emp - _family_cdf(family, upper, res.x))))
+        ks.append(np.max(np.abs(emp - _family_cdf(family, upper, p))))
     aic = np.array(aic)
     return DistributionComparison(FAMILIES[int(np.argmin(aic))], aic, np.array(ks), np.array(params))

@@ -22,13 +22,15 @@ Everything is a pure function of arrays. :func:`fit_weibull_tree` fits every mat
 compiled call (one scatter builds all histograms); per-matrix results are bit-identical to
 :func:`fit_weibull` on each matrix alone, because both reduce to the same row-wise fit of integer counts.
 Inputs are checked: non-finite values, fewer than 100 usable values, integer dtypes and degenerate
-matrices raise a ``ValueError`` naming the matrix (inside ``jax.jit`` the data checks cannot raise, and a
-bad matrix gives NaN).
+matrices raise a ``ValueError`` naming the matrix. Eager calls return numpy arrays (one transfer serves the
+checks and the reader); inside ``jax.jit`` the results stay traced, the data checks cannot raise, and a bad
+matrix gives NaN.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
@@ -272,7 +274,8 @@ def batch_shape(w: Any) -> tuple[int, ...]:
 
 @functools.partial(jax.jit, static_argnames=("trims", "protocol", "center"))
 def _fit_arrays(arrays: tuple[jax.Array, ...], trims: tuple[float, ...], protocol: str, center: bool):
-    """Fits of every matrix (the rows of all arrays, concatenated) for each trim, and their status codes.
+    """Fits of every matrix (the rows of all arrays, concatenated) as a ``(trims, 4, rows)`` table of
+    (k, λ, R², KS), and the status code of every matrix: two arrays, so reading them is one transfer.
 
     The histogram protocol fits all rows of all arrays as one ``(rows, NUM_BINS)`` batch; the exact
     protocol sorts each array's rows (one sort per array shape)."""
@@ -291,23 +294,32 @@ def _fit_arrays(arrays: tuple[jax.Array, ...], trims: tuple[float, ...], protoco
         srt = [jnp.sort(m, axis=-1) for m in mags]
         fits = [jax.tree.map(lambda *v: jnp.concatenate(v), *[fit_sorted(s, t, b) for s, b in zip(srt, bad)])
                 for t in trims]
-    return tuple(f.fit for f in fits), fits[0].status
+    return jnp.stack([jnp.stack(f.fit) for f in fits]), fits[0].status
 
 
-def _split_rows(fit: WeibullFit, arrays: Sequence[Any], xp) -> list[WeibullFit]:
-    """Per-array fits from the fits of all rows (``xp``: numpy on the host, jax.numpy inside a trace)."""
-    splits = np.cumsum([int(np.prod(batch_shape(w), dtype=int)) for w in arrays])[:-1]
-    fields = [xp.split(v, splits) for v in fit]
-    return [WeibullFit(*(f[i].reshape(batch_shape(w)) for f in fields)) for i, w in enumerate(arrays)]
+def _split_rows(table: Any, arrays: Sequence[Any]) -> list[list[WeibullFit]]:
+    """Per-trim, per-array fits from the ``(trims, 4, rows)`` table of all rows (numpy or traced)."""
+    out, first = [], 0
+    for w in arrays:
+        shape = batch_shape(w)
+        rows = table[:, :, first:first + math.prod(shape)]
+        out.append([WeibullFit(*(v.reshape(shape) for v in per_trim)) for per_trim in rows])
+        first += math.prod(shape)
+    return [list(per_trim) for per_trim in zip(*out)]
+
+
+@functools.lru_cache(maxsize=None)
+def _is_floating(dtype: np.dtype) -> bool:
+    return bool(jnp.issubdtype(dtype, jnp.floating))
 
 
 def check_array(name: str, w: Any) -> None:
-    """Checks that need no data: a floating dtype and enough values."""
+    """Checks that need no data: a floating dtype (float16/32/64, bfloat16, float8) and enough values."""
     dtype = np.dtype(w.dtype if hasattr(w, "dtype") else np.asarray(w).dtype)
-    if not (np.issubdtype(dtype, np.floating) or dtype.name in ("bfloat16", "float8_e4m3fn", "float8_e5m2")):
+    if not _is_floating(dtype):
         raise ValueError(f"{name}: dtype {dtype} is not floating point; the Weibull fit needs real weights")
     shape = tuple(np.shape(w))
-    per_matrix = int(np.prod(shape[-2:] if len(shape) >= 2 else shape))
+    per_matrix = math.prod(shape[-2:] if len(shape) >= 2 else shape)
     if per_matrix == 0:
         raise ValueError(f"{name}: empty array of shape {shape}")
     if per_matrix < MIN_VALUES:
@@ -331,7 +343,7 @@ def raise_on_bad(names: Sequence[str], arrays: Sequence[Any], status: Any, proto
     row = int(bad[0])
     for name, w in zip(names, arrays):
         shape = batch_shape(w)
-        size = int(np.prod(shape, dtype=int))
+        size = math.prod(shape)
         if row < size:
             index = f"[{', '.join(map(str, np.unravel_index(row, shape)))}]" if shape else ""
             raise ValueError(f"Weibull fit of '{name}{index}': the matrix {why[int(status[bad[0]])]}")
@@ -354,12 +366,11 @@ def fit_arrays(names: Sequence[str], arrays: Sequence[Any], trims: Sequence[floa
     for name, w in zip(names, arrays):
         check_array(name, w)
     trims = tuple(trim_fraction(t) for t in trims)
-    fits, status = _fit_arrays(tuple(arrays), trims, protocol, center)
-    if _is_traced(arrays):
-        return [_split_rows(f, arrays, jnp) for f in fits]
-    fits, status = jax.device_get((fits, status))  # one transfer: the checks need it, and so do readers
-    raise_on_bad(names, arrays, status, protocol)
-    return [_split_rows(f, arrays, np) for f in fits]
+    table, status = _fit_arrays(tuple(arrays), trims, protocol, center)
+    if not _is_traced(arrays):
+        table, status = jax.device_get((table, status))  # one transfer: the checks need it, and so do readers
+        raise_on_bad(names, arrays, status, protocol)
+    return _split_rows(table, arrays)
 
 
 # --------------------------------------------------------------------------------------------------
