@@ -21,7 +21,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from scipy import integrate, special
 
 from weibull_jax.models.presets import TransformerShape
@@ -110,8 +109,3 @@ def sample_init(key: jax.Array, spec: dict[str, InitSpec], dtype=jnp.float32) ->
     keys = jax.random.split(key, len(spec))
     return {name: (s.fill + s.sigma * jax.random.normal(k, s.shape, jnp.float32)).astype(dtype)
             for k, (name, s) in zip(keys, spec.items())}
-
-
-def predicted_init_scale(sigma: float | np.ndarray, trim: float | str = 0.1) -> float | np.ndarray:
-    """λ at initialisation predicted from σ_init: λ0 = (λ0/σ) · σ_init (App. A.1, Eq. 2)."""
-    return halfnormal_anchor(trim)[1] * np.asarray(sigma)

@@ -16,8 +16,6 @@ TRANSMISSION_BAND = (1.186, 1.204)
 BODY_TAIL_GAP = (0.0519, 0.0017)
 # §5.4: terminal mean λ = 0.087 · √(η/λ_wd) within Pythia, Pearson r = 0.94 (n = 5).
 PYTHIA_LAMBDA_SLOPE, PYTHIA_LAMBDA_R = 0.087, 0.94
-# §5.3: log-log Pearson r of λ_O against λ_FFN_out over 25 Pythia size–step pairs.
-PAIRED_LAMBDA_R = 0.9967
 
 
 @dataclasses.dataclass(frozen=True)

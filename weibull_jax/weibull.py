@@ -481,12 +481,14 @@ class GammaClosure(NamedTuple):
     rel_error: jax.Array
 
 
+@functools.partial(jax.jit, static_argnames="center")
 def matrix_rms(w: jax.Array, center: bool = False) -> jax.Array:
     """RMS = √mean(w²) of each matrix (batch axes as in fit_weibull): the RMS side of the bridge."""
     a = magnitudes(as_rows(jnp.asarray(w)), center)
     return jnp.sqrt(jnp.mean(a * a, axis=-1)).reshape(batch_shape(w))
 
 
+@functools.partial(jax.jit, static_argnames="center")
 def gamma_closure(w: jax.Array, fit: WeibullFit, center: bool = False) -> GammaClosure:
     """σ̂(|w|) against λ√(Γ(1+2/k) − Γ²(1+1/k)) for a matrix or a stack (batch axes as in fit_weibull)."""
     a = magnitudes(as_rows(jnp.asarray(w)), center)
