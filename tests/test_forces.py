@@ -1,0 +1,90 @@
+"""The AdamW force budget read from optax state, against a hand-written numpy AdamW on a tiny model."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from weibull_jax import forces
+
+B1, B2, EPS, WD = 0.9, 0.95, 1e-8, 0.1
+
+
+def _tiny_model():
+    k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+    params = {"w_in": 0.2 * jax.random.normal(k1, (8, 16)), "bias": jnp.zeros(16),
+              "w_out": 0.2 * jax.random.normal(k2, (2, 16, 4))}  # a stack of two output heads
+    x = jax.random.normal(k3, (32, 8))
+    y = jnp.sin(x[:, :4])
+
+    def loss(p):
+        h = jnp.tanh(x @ p["w_in"] + p["bias"])
+        return sum(jnp.mean((h @ p["w_out"][i] - y) ** 2) for i in range(2))
+
+    return params, loss
+
+
+def _schedule(step):
+    return 3e-2 * jnp.minimum(1.0, (step + 1) / 5)  # warmup, so the step's lr matters
+
+
+def test_adamw_forces_match_numpy_adamw_and_close_the_budget():
+    params, loss = _tiny_model()
+    decay_mask = {"w_in": True, "bias": False, "w_out": True}
+    opt = optax.chain(optax.clip_by_global_norm(1.0),
+                      optax.adamw(_schedule, b1=B1, b2=B2, eps=EPS, weight_decay=WD, mask=decay_mask))
+    state = opt.init(params)
+    wd_tree = {k: WD if on else 0.0 for k, on in decay_mask.items()}
+    m = {k: np.zeros(v.shape) for k, v in params.items()}
+    v = {k: np.zeros(v.shape) for k, v in params.items()}
+    step_fn = jax.jit(lambda p, s, lr: _step(opt, loss, p, s, lr, wd_tree))
+    for t in range(1, 21):
+        lr = float(_schedule(t - 1))
+        new_params, state, f, clipped = step_fn(params, state, lr)
+        for k in params:
+            w, g = np.asarray(params[k], np.float64), np.asarray(clipped[k], np.float64)
+            m[k] = B1 * m[k] + (1 - B1) * g
+            v[k] = B2 * v[k] + (1 - B2) * g * g
+            u = (m[k] / (1 - B1 ** t)) / (np.sqrt(v[k] / (1 - B2 ** t)) + EPS)
+            wd = wd_tree[k]
+            # the optimizer itself: w ← w − η(u + λ_wd w), and its float32 moments track the float64 ones
+            np.testing.assert_allclose(new_params[k], w - lr * (u + wd * w), rtol=1e-5, atol=1e-7)
+            adam = forces.find_adam_state(state)
+            np.testing.assert_allclose(adam.mu[k], m[k], rtol=1e-5, atol=1e-5 * np.abs(m[k]).max())
+            np.testing.assert_allclose(adam.nu[k], v[k], rtol=1e-5, atol=1e-5 * np.abs(v[k]).max())
+            # the forces are read from the optimizer's own moments: u from its float32 m, v in float64
+            mu, nu = np.asarray(adam.mu[k], np.float64), np.asarray(adam.nu[k], np.float64)
+            u = (mu / (1 - B1 ** t)) / (np.sqrt(nu / (1 - B2 ** t)) + EPS)
+            axes = (-2, -1) if w.ndim >= 2 else (-1,)
+            wu, uu, ww = (np.sum(a * b, axis=axes) for a, b in ((w, u), (u, u), (w, w)))
+            expected = [-2 * lr * wu, lr * lr * uu, -2 * lr * wd * ww, 2 * lr * lr * wd * wu, (lr * wd) ** 2 * ww]
+            scale = np.abs(expected[0]) + np.abs(expected[1]) + np.abs(expected[2])
+            for name, got, want in zip(forces.Forces._fields, f[k], expected):
+                assert np.all(np.abs(np.asarray(got) - want) <= 1e-6 * scale), (t, k, name)
+            after = np.sum(np.asarray(new_params[k], np.float64) ** 2, axis=axes)
+            change = after - np.sum(w * w, axis=axes)
+            # exact closure: the five terms add up to the change of ‖w‖², to float32 rounding of ‖w‖²
+            rounding = 1e-6 * (np.sum(w * w, axis=axes) + after)
+            assert np.all(np.abs(np.asarray(f[k].total()) - change) <= rounding), (t, k)
+            assert np.all(np.abs(np.asarray(f[k].total()) - change) <= 1e-3 * scale), (t, k)
+        params = new_params
+    assert f["w_out"].alignment.shape == (2,)  # one budget per matrix of the stack
+    assert float(jnp.abs(f["bias"].decay)) == 0.0
+
+
+def _step(opt, loss, params, state, lr, wd_tree):
+    grads = jax.grad(loss)(params)
+    clipped, _ = optax.clip_by_global_norm(1.0).update(grads, optax.EmptyState())
+    updates, state = opt.update(grads, state, params)
+    f = forces.adamw_forces(params, state, lr, wd_tree, b1=B1, b2=B2, eps=EPS)
+    return optax.apply_updates(params, updates), state, f, clipped
+
+
+def test_find_adam_state_needs_exactly_one():
+    params = {"w": jnp.ones((4, 4))}
+    with pytest.raises(ValueError, match="found 0"):
+        forces.adamw_forces(params, optax.sgd(0.1).init(params), 0.1, 0.0)
+    two = optax.chain(optax.adam(0.1), optax.adam(0.1)).init(params)
+    with pytest.raises(ValueError, match="found 2"):
+        forces.find_adam_state(two)
