@@ -278,7 +278,7 @@ def _fit_arrays(arrays: tuple[jax.Array, ...], trims: tuple[float, ...], protoco
     (k, λ, R², KS), and the status code of every matrix: two arrays, so reading them is one transfer.
 
     The histogram protocol fits all rows of all arrays as one ``(rows, NUM_BINS)`` batch; the exact
-    protocol sorts each array's rows (one sort per array shape)."""
+    protocol sorts the rows of each array (one sort per array)."""
     rows = [as_rows(jnp.asarray(w)) for w in arrays]
     mags = [magnitudes(r, center) for r in rows]
     if protocol == "histogram":
