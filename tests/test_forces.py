@@ -88,3 +88,49 @@ def test_find_adam_state_needs_exactly_one():
     two = optax.chain(optax.adam(0.1), optax.adam(0.1)).init(params)
     with pytest.raises(ValueError, match="found 2"):
         forces.find_adam_state(two)
+
+
+def test_forces_from_update_agree_with_the_moments_for_adamw():
+    params, loss = _tiny_model()
+    opt = optax.adamw(0.03, b1=B1, b2=B2, eps=EPS, weight_decay=WD)
+    state = opt.init(params)
+    for _ in range(5):
+        updates, state = opt.update(jax.grad(loss)(params), state, params)
+        from_moments = forces.adamw_forces(params, state, 0.03, WD, b1=B1, b2=B2, eps=EPS)
+        from_step = forces.forces_from_update(params, updates, 0.03, WD)
+        for k in params:
+            scale = float(jnp.sum(jnp.abs(jnp.stack(from_moments[k][:3]))))
+            for a, b in zip(from_moments[k], from_step[k]):
+                assert np.all(np.abs(np.asarray(a) - np.asarray(b)) <= 1e-4 * scale)
+        params = optax.apply_updates(params, updates)
+
+
+@pytest.mark.parametrize("name", ["sgd", "sgd_momentum", "sgdw_nesterov", "muon"])
+def test_forces_from_update_close_the_budget_for_every_optimizer(name):
+    from weibull_jax import optim
+
+    params, loss = _tiny_model()
+    params = {"model.layers.0.mlp.up_proj.weight": params["w_in"], "model.layers.0.mlp.up_proj.bias": params["bias"],
+              "model.layers.0.mlp.down_proj.weight": params["w_out"][0]}
+
+    def renamed_loss(p):
+        return loss({"w_in": p["model.layers.0.mlp.up_proj.weight"], "bias": p["model.layers.0.mlp.up_proj.bias"],
+                     "w_out": jnp.stack([p["model.layers.0.mlp.down_proj.weight"]] * 2)})
+
+    opt = optim.make_optimizer(name, 0.05, weight_decay=WD)
+    state = opt.init(params)
+    wd = jax.tree.map(lambda on: WD if on else 0.0, optim.matrices_decay(params))
+    for _ in range(5):
+        grads = jax.grad(renamed_loss)(params)
+        updates, state = opt.update(grads, state, params)
+        f = forces.forces_from_update(params, updates, 0.05, wd)
+        new = optax.apply_updates(params, updates)
+        for k in params:
+            before = np.sum(np.asarray(params[k], np.float64) ** 2)
+            after = np.sum(np.asarray(new[k], np.float64) ** 2)
+            assert abs(float(f[k].total()) - (after - before)) <= 1e-5 * (before + after), (name, k)
+        if name == "sgd":  # plain SGD: the direction is the gradient itself
+            k = "model.layers.0.mlp.up_proj.weight"
+            w, g = np.asarray(params[k], np.float64), np.asarray(grads[k], np.float64)
+            np.testing.assert_allclose(float(f[k].alignment), -2 * 0.05 * np.sum(w * g), rtol=1e-4)
+        params = new

@@ -17,6 +17,11 @@ Expanding the square gives five terms whose sum is the change of the squared nor
 
 The first three are the paper's leading-order forces; alignment is positive when the step −ηu points along
 w. The last two are the higher-order terms the paper drops (App. A), kept here so that the budget closes.
+
+Any other optimizer (Muon, the SGD family) is read the same way from its own step Δ = w_{t+1} − w_t: its
+direction is what the step holds beyond the instantaneous decay, u = −Δ/η − λ_wd w, so the five terms keep
+their meaning and still sum to the change of ‖w‖² (:func:`forces_from_update`; a generalisation beyond the
+papers, which treat AdamW only). For SGD with L2 decay u is the gradient itself.
 """
 
 from __future__ import annotations
@@ -61,6 +66,30 @@ def forces_from_direction(w: jax.Array, u: jax.Array, lr: Any, weight_decay: Any
     return Forces(-2.0 * lr * wu, lr * lr * uu, -2.0 * lr * wd * ww, 2.0 * lr * lr * wd * wu, (lr * wd) ** 2 * ww)
 
 
+def _per_leaf(params: Any, weight_decay: Any, fn) -> Any:
+    """``fn(w, wd, *rest)`` over the leaves, with λ_wd a number or a tree like ``params``."""
+    if not isinstance(weight_decay, (int, float)) and jax.tree.structure(weight_decay) == jax.tree.structure(params):
+        return lambda *trees: jax.tree.map(lambda w, wd, *rest: fn(w, wd, *rest), params, weight_decay, *trees)
+    return lambda *trees: jax.tree.map(lambda w, *rest: fn(w, weight_decay, *rest), params, *trees)
+
+
+def forces_from_update(params: Any, updates: Any, lr: Any, weight_decay: Any = 0.0) -> Any:
+    """A tree of :class:`Forces` for any optimizer's step ``updates`` = w_{t+1} − w_t (what optax returned).
+
+    The direction is u = −Δ/η − λ_wd w (the step beyond the instantaneous decay), so ``total()`` equals
+    ‖w + Δ‖² − ‖w‖² for every optimizer; for AdamW it is the same u that :func:`adamw_forces` reads from the
+    moments, up to the rounding of Δ.
+    """
+    lr32 = jnp.asarray(lr, jnp.float32)
+
+    def one(w, wd, delta):
+        w32 = w.astype(jnp.float32)
+        return forces_from_direction(w32, -delta.astype(jnp.float32) / lr32 - jnp.asarray(wd, jnp.float32) * w32,
+                                     lr32, wd)
+
+    return _per_leaf(params, weight_decay, one)(updates)
+
+
 def find_adam_state(opt_state: Any) -> optax.ScaleByAdamState:
     """The (single) ``ScaleByAdamState`` inside an optax state, however the transformations are chained."""
     found = [s for s in jax.tree_util.tree_leaves(opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))
@@ -94,6 +123,4 @@ def adamw_forces(params: Any, opt_state: Any, lr: Any, weight_decay: Any, b1: fl
     Then ``‖params_after‖² − ‖params‖² == Forces.total()`` leaf by leaf, to float rounding. Pure and jit-able.
     """
     u = adam_direction(find_adam_state(opt_state), b1, b2, eps)
-    if not isinstance(weight_decay, (int, float)) and jax.tree.structure(weight_decay) == jax.tree.structure(params):
-        return jax.tree.map(lambda w, d, wd: forces_from_direction(w, d, lr, wd), params, u, weight_decay)
-    return jax.tree.map(lambda w, d: forces_from_direction(w, d, lr, weight_decay), params, u)
+    return _per_leaf(params, weight_decay, lambda w, wd, d: forces_from_direction(w, d, lr, wd))(u)
