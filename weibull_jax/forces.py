@@ -66,11 +66,11 @@ def forces_from_direction(w: jax.Array, u: jax.Array, lr: Any, weight_decay: Any
     return Forces(-2.0 * lr * wu, lr * lr * uu, -2.0 * lr * wd * ww, 2.0 * lr * lr * wd * wu, (lr * wd) ** 2 * ww)
 
 
-def _per_leaf(params: Any, weight_decay: Any, fn) -> Any:
-    """``fn(w, wd, *rest)`` over the leaves, with λ_wd a number or a tree like ``params``."""
-    if not isinstance(weight_decay, (int, float)) and jax.tree.structure(weight_decay) == jax.tree.structure(params):
-        return lambda *trees: jax.tree.map(lambda w, wd, *rest: fn(w, wd, *rest), params, weight_decay, *trees)
-    return lambda *trees: jax.tree.map(lambda w, *rest: fn(w, weight_decay, *rest), params, *trees)
+def _map_leaves(fn, params: Any, weight_decay: Any, *trees: Any) -> Any:
+    """``fn(w, wd, *rest)`` leaf by leaf, with λ_wd a number or a tree like ``params``."""
+    if isinstance(weight_decay, (int, float)) or jax.tree.structure(weight_decay) != jax.tree.structure(params):
+        weight_decay = jax.tree.map(lambda _: weight_decay, params)
+    return jax.tree.map(fn, params, weight_decay, *trees)
 
 
 def forces_from_update(params: Any, updates: Any, lr: Any, weight_decay: Any = 0.0) -> Any:
@@ -80,14 +80,13 @@ def forces_from_update(params: Any, updates: Any, lr: Any, weight_decay: Any = 0
     ‖w + Δ‖² − ‖w‖² for every optimizer; for AdamW it is the same u that :func:`adamw_forces` reads from the
     moments, up to the rounding of Δ.
     """
-    lr32 = jnp.asarray(lr, jnp.float32)
+    lr = jnp.asarray(lr, jnp.float32)
 
     def one(w, wd, delta):
-        w32 = w.astype(jnp.float32)
-        return forces_from_direction(w32, -delta.astype(jnp.float32) / lr32 - jnp.asarray(wd, jnp.float32) * w32,
-                                     lr32, wd)
+        w = w.astype(jnp.float32)
+        return forces_from_direction(w, -delta.astype(jnp.float32) / lr - jnp.asarray(wd, jnp.float32) * w, lr, wd)
 
-    return _per_leaf(params, weight_decay, one)(updates)
+    return _map_leaves(one, params, weight_decay, updates)
 
 
 def find_adam_state(opt_state: Any) -> optax.ScaleByAdamState:
@@ -123,4 +122,4 @@ def adamw_forces(params: Any, opt_state: Any, lr: Any, weight_decay: Any, b1: fl
     Then ``‖params_after‖² − ‖params‖² == Forces.total()`` leaf by leaf, to float rounding. Pure and jit-able.
     """
     u = adam_direction(find_adam_state(opt_state), b1, b2, eps)
-    return _per_leaf(params, weight_decay, lambda w, wd, d: forces_from_direction(w, d, lr, wd))(u)
+    return _map_leaves(lambda w, wd, d: forces_from_direction(w, d, lr, wd), params, weight_decay, u)

@@ -19,7 +19,7 @@ Two protocols give the empirical CDF:
     and the two-sided Kolmogorov–Smirnov distance of the sample to the fitted Weibull.
 
 Everything is a pure function of arrays. :func:`fit_weibull_tree` fits every matrix of a model in one
-compiled call (one scatter builds all histograms); per-matrix results are bit-identical to
+compiled call (all histograms in one buffer, all lines in one batch); per-matrix results are bit-identical to
 :func:`fit_weibull` on each matrix alone, because both reduce to the same row-wise fit of integer counts.
 Inputs are checked: non-finite values, fewer than 100 usable values, integer dtypes and degenerate
 matrices raise a ``ValueError`` naming the matrix. Eager calls return numpy arrays (one transfer serves the
@@ -302,9 +302,9 @@ def _split_rows(table: Any, arrays: Sequence[Any]) -> list[list[WeibullFit]]:
     out, first = [], 0
     for w in arrays:
         shape = batch_shape(w)
-        rows = table[:, :, first:first + math.prod(shape)]
-        out.append([WeibullFit(*(v.reshape(shape) for v in per_trim)) for per_trim in rows])
-        first += math.prod(shape)
+        last = first + math.prod(shape)
+        out.append([WeibullFit(*(v.reshape(shape) for v in per_trim)) for per_trim in table[:, :, first:last]])
+        first = last
     return [list(per_trim) for per_trim in zip(*out)]
 
 
