@@ -17,8 +17,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from weibull_jax import anchor, framework
-from weibull_jax.models import presets
+from weibull_jax import anchor, framework, models
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/diagnose.py", "Diagnosis configuration.")
 
@@ -29,17 +28,19 @@ def load_params(config):
     if config.params:
         with np.load(config.params) as npz:
             return {name: npz[name] for name in npz.files}, info
-    shape = presets.preset(config.preset)
-    info.update(n_heads=shape.n_heads, n_kv_heads=shape.kv_heads)
-    spec = anchor.pythia_init_spec(shape, config.init_recipe)
-    return anchor.sample_init(jax.random.key(config.seed), spec), info
+    model = models.preset(config.preset)
+    if config.init_recipe:
+        init_in, init_out = anchor.PYTHIA_RECIPES[config.init_recipe]
+        model = model.replace(init_in=init_in, init_out=init_out)
+    info.update(n_heads=model.n_heads, n_kv_heads=model.kv_heads)
+    return models.init_params(model, jax.random.key(config.seed)), info
 
 
 def main(argv):
     del argv
     config = _CONFIG.value
     params, info = load_params(config)
-    source = config.params or f"fresh {config.preset} init (recipe {config.init_recipe}, seed {config.seed})"
+    source = config.params or f"fresh {config.preset} init (seed {config.seed})"
     start = time.perf_counter()
     diagnosis = framework.diagnose_model(params, info, step=config.step, center=config.center,
                                          protocol=config.protocol)

@@ -10,7 +10,7 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.preset = "pythia-70m"  # shape of the freshly initialised model (weibull_jax.models.presets)
-    config.init_recipe = "A"  # Pythia init recipe: A = small_init / wang_init, B = normal / scaled_normal
+    config.init_recipe = ""  # the preset's own; or A = small_init / wang_init, B = normal / scaled_normal
     config.seed = 0
     config.params = ""  # an .npz of named arrays to diagnose instead of a fresh init
     config.center = False  # subtract each matrix's mean first (the paper's pipeline)

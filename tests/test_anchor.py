@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 
 import weibull_jax
-from weibull_jax import anchor, taxonomy
-from weibull_jax.models import presets
+from weibull_jax import anchor, models, taxonomy, tree
 
 
 def test_anchor_integrals_give_the_papers_constants():
@@ -46,18 +45,21 @@ def test_init_recipe_formulas():
 @pytest.mark.parametrize("name,predicted", [("pythia-70m", 6 / np.sqrt(10)), ("pythia-160m", 12 / np.sqrt(10))])
 def test_fresh_pythia_init_reproduces_table_5(name, predicted):
     """Measured λ_in/λ_out at step 0 against L/√10 (Table 5: within 0.13 %), and λ0 = 0.8875 σ per matrix."""
-    shape = presets.preset(name)
-    spec = anchor.pythia_init_spec(shape)
-    params = anchor.sample_init(jax.random.key(1), {n: s for n, s in spec.items() if taxonomy.block_of(n) >= 0})
-    fits = weibull_jax.fit_weibull_tree(params)
+    config = models.preset(name)
+    params = models.init_params(config, jax.random.key(1))
+    names, leaves, _, _ = tree.named_leaves(params)
+    fits = weibull_jax.fit_weibull_tree({n: w for n, w in zip(names, leaves) if taxonomy.block_of(n) >= 0})
     scale = {n: float(f.scale) for n, f in fits.items() if f is not None}
     ratios = []
-    for i in range(shape.n_layers):
-        p = f"gpt_neox.layers.{i}."
-        ratios.append(scale[p + "attention.query_key_value.weight"] / scale[p + "attention.dense.weight"])
-        ratios.append(scale[p + "mlp.dense_h_to_4h.weight"] / scale[p + "mlp.dense_4h_to_h.weight"])
+    for i in range(config.n_layers):
+        p = f"layers_{i}."
+        ratios.append(scale[p + "attention.qkv.kernel"] / scale[p + "attention.o.kernel"])
+        ratios.append(scale[p + "mlp.ffn_in.kernel"] / scale[p + "mlp.ffn_out.kernel"])
     assert abs(np.mean(ratios) / predicted - 1) < 0.005
     _, ratio = weibull_jax.halfnormal_anchor()
+    sigma_in = np.sqrt(2 / (5 * config.d_model))
+    sigma_out = 2 / (config.n_layers * np.sqrt(config.d_model))
     for n, s in scale.items():
-        assert abs(s / spec[n].sigma / ratio - 1) < 0.01, n
+        sigma = sigma_out if taxonomy.kind_of(n) in ("o", "ffn_out") else sigma_in
+        assert abs(s / sigma / ratio - 1) < 0.01, n
         assert abs(float(fits[n].k) - 1.2054) < 0.01, n

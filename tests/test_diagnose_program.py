@@ -22,7 +22,7 @@ def _run(*flags):
 
 def test_diagnose_fresh_init_prints_the_table_and_writes_csv(tmp_path):
     stdout = _run("--config.preset=pythia-14m", f"--config.out_dir={tmp_path}")
-    assert "gpt_neox.layers.5.mlp.dense_4h_to_h.weight" in stdout
+    assert "layers_5.mlp.ffn_out.kernel" in stdout
     assert "attention architecture: MHA" in stdout and "T/τ = 1.430 (saturated)" in stdout
     assert "k0 = 1.2054, λ0/σ = 0.8875" in stdout
     with open(tmp_path / "matrices.csv") as f:

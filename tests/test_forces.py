@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from weibull_jax import forces
+from weibull_jax import forces, models, taxonomy, tree
 
 B1, B2, EPS, WD = 0.9, 0.95, 1e-8, 0.1
 
@@ -134,3 +134,33 @@ def test_forces_from_update_close_the_budget_for_every_optimizer(name):
             w, g = np.asarray(params[k], np.float64), np.asarray(grads[k], np.float64)
             np.testing.assert_allclose(float(f[k].alignment), -2 * 0.05 * np.sum(w * g), rtol=1e-4)
         params = new
+
+
+def test_group_sums_by_class_kind_block_and_the_norm_bridge():
+    config = models.preset("llama-70m", d_model=32, n_heads=4, n_kv_heads=2, n_layers=2, d_ff=64, vocab_size=50)
+    params = models.init_params(config, jax.random.key(0))
+    u = jax.tree.map(lambda w: jnp.cos(w * 100.0), params)  # any direction
+    f = forces.adamw_forces(params, optax.ScaleByAdamState(jnp.ones((), jnp.int32), u, jax.tree.map(
+        jnp.ones_like, u)), 0.01, 0.1, b1=0.0, b2=0.0, eps=0.0, select=forces.is_matrix)
+    assert f["final_norm"]["scale"] is None and f["layers_0"]["attention"]["q"]["kernel"] is not None
+    by_class = jax.jit(lambda f: forces.group_sums(f, "class"))(f)
+    names, leaves, _, _ = tree.named_leaves(params)
+    expected = {}
+    for n, w in zip(names, leaves):  # the budget's alignment by hand, float64
+        cls = taxonomy.describe(n).cls
+        w64 = np.asarray(w, np.float64)
+        expected[cls] = expected.get(cls, 0.0) - 2 * 0.01 * np.sum(w64 * np.cos(w64 * 100.0))
+    assert set(by_class) == {"selection", "transmission", "other"}
+    for cls, value in expected.items():
+        assert abs(float(by_class[cls].alignment) - value) <= 1e-5 * abs(value) + 1e-7, cls
+    by_block = forces.group_sums(f, "block")
+    assert set(by_block) == {"block_0", "block_1", "outside"}
+    total = forces.group_sums(f, "all")["all"]
+    assert abs(float(total.decay) - sum(float(g.decay) for g in by_block.values())) < 1e-6 * abs(float(total.decay))
+    stats = forces.group_sums(forces.norm_stats(params), "kind")
+    q = np.asarray(params["layers_0"]["attention"]["q"]["kernel"], np.float64)
+    q1 = np.asarray(params["layers_1"]["attention"]["q"]["kernel"], np.float64)
+    want_rms = np.sqrt((np.sum(q * q) + np.sum(q1 * q1)) / (q.size + q1.size))
+    assert abs(float(stats["q"].rms()) / want_rms - 1) < 1e-6 and float(stats["q"].size) == 2 * q.size
+    with pytest.raises(ValueError, match="unknown grouping"):
+        forces.group_sums(f, "layer")

@@ -7,8 +7,7 @@ import pytest
 from scipy import stats
 
 import weibull_jax
-from weibull_jax import anchor, framework, reference, taxonomy
-from weibull_jax.models import presets
+from weibull_jax import anchor, framework, models, reference, taxonomy
 
 
 @pytest.mark.parametrize("k,r2,is_init", [
@@ -117,9 +116,9 @@ def test_taxonomy(name):
 
 @pytest.fixture(scope="module")
 def fresh_pythia_14m():
-    shape = presets.preset("pythia-14m")
-    params = anchor.sample_init(jax.random.key(0), anchor.pythia_init_spec(shape))
-    info = {"num_attention_heads": shape.n_heads, "learning_rate": 1e-3, "weight_decay": 0.01, "steps": 143_000}
+    config = models.preset("pythia-14m")
+    params = models.init_params(config, jax.random.key(0))
+    info = {"num_attention_heads": config.n_heads, "learning_rate": 1e-3, "weight_decay": 0.01, "steps": 143_000}
     return params, weibull_jax.diagnose_model(params, info, step=0)
 
 
@@ -133,9 +132,8 @@ def test_diagnosis_of_a_fresh_init(fresh_pythia_14m):
     assert large.sum() == 2 and {c for c, big in zip(t.k_class, large) if big} == {"init_baseline"}
     assert abs(np.median(t.k) - 1.2054) < 0.004
     assert d.architecture == "MHA" and d.budget.state == "saturated"
-    name = "gpt_neox.layers.2.mlp.dense_4h_to_h.weight"
-    i = t.name.index(name)
-    w = np.asarray(params[name])
+    i = t.name.index("layers_2.mlp.ffn_out.kernel")
+    w = np.asarray(params["layers_2"]["mlp"]["ffn_out"]["kernel"])
     fit = weibull_jax.fit_weibull(w)
     assert t.k[i] == float(fit.k) and t.scale[i] == float(fit.scale)
     assert t.rms[i] == pytest.approx(np.sqrt(np.mean(w.astype(np.float64) ** 2)), rel=1e-5)

@@ -11,19 +11,17 @@ deterministic integrals that evaluate to k0 ≈ 1.2054 and λ0/σ ≈ 0.8875 for
 
 Initialisation recipes (App. A.3, GPT-NeoX source): small_init σ = √(2/(5d)) for input-side projections,
 wang_init σ = 2/(L√d) for output-side ones (Pythia 70m–1B, "recipe A"); normal σ = 0.02 and scaled_normal
-σ = 0.02/√(2L) (Pythia 6.9B, "recipe B").
+σ = 0.02/√(2L) (Pythia 6.9B, "recipe B"). The models (:mod:`weibull_jax.models`) draw their matrices with
+these σ; input-side are the embedding, W_qkv (or W_q, W_k, W_v), W_FFN_in (or gate, up) and the head,
+output-side W_o and W_FFN_out (or down).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
-import jax
-import jax.numpy as jnp
 from scipy import integrate, special
 
-from weibull_jax.models.presets import TransformerShape
 from weibull_jax.weibull import trim_fraction
 
 
@@ -65,47 +63,3 @@ def init_sigma(recipe: str, d_model: int, n_layers: int) -> float:
 
 
 PYTHIA_RECIPES = {"A": ("small_init", "wang_init"), "B": ("normal", "scaled_normal")}
-
-
-@dataclasses.dataclass(frozen=True)
-class InitSpec:
-    """One tensor of a freshly initialised model: ``fill + sigma · N(0, 1)`` of the given shape."""
-
-    shape: tuple[int, ...]
-    sigma: float
-    fill: float = 0.0
-
-
-def pythia_init_spec(shape: TransformerShape, recipe: str = "A") -> dict[str, InitSpec]:
-    """Every tensor of a GPT-NeoX (Pythia) model under HuggingFace names, with its initial σ.
-
-    Input-side projections (embeddings, W_qkv, W_FFN_in, the unembedding) take the first initialiser of the
-    recipe, output-side projections (W_o, W_FFN_out) the second; biases start at 0, LayerNorm gains at 1.
-    """
-    if recipe not in PYTHIA_RECIPES:
-        raise ValueError(f"unknown Pythia init recipe {recipe!r}; known: {sorted(PYTHIA_RECIPES)}")
-    d, L, f, v = shape.d_model, shape.n_layers, shape.d_ff, shape.vocab_size
-    s_in, s_out = (init_sigma(r, d, L) for r in PYTHIA_RECIPES[recipe])
-    spec = {"gpt_neox.embed_in.weight": InitSpec((v, d), s_in)}
-    for i in range(L):
-        p = f"gpt_neox.layers.{i}."
-        for ln in ("input_layernorm", "post_attention_layernorm"):
-            spec[p + ln + ".weight"] = InitSpec((d,), 0.0, 1.0)
-            spec[p + ln + ".bias"] = InitSpec((d,), 0.0)
-        for name, out_dim, in_dim, sigma in (("attention.query_key_value", 3 * d, d, s_in),
-                                             ("attention.dense", d, d, s_out),
-                                             ("mlp.dense_h_to_4h", f, d, s_in),
-                                             ("mlp.dense_4h_to_h", d, f, s_out)):
-            spec[p + name + ".weight"] = InitSpec((out_dim, in_dim), sigma)
-            spec[p + name + ".bias"] = InitSpec((out_dim,), 0.0)
-    spec["gpt_neox.final_layer_norm.weight"] = InitSpec((d,), 0.0, 1.0)
-    spec["gpt_neox.final_layer_norm.bias"] = InitSpec((d,), 0.0)
-    spec["embed_out.weight"] = InitSpec((v, d), s_in)
-    return spec
-
-
-def sample_init(key: jax.Array, spec: dict[str, InitSpec], dtype=jnp.float32) -> dict[str, jax.Array]:
-    """Draws every tensor of ``spec`` (one key per tensor, in the spec's order)."""
-    keys = jax.random.split(key, len(spec))
-    return {name: (s.fill + s.sigma * jax.random.normal(k, s.shape, jnp.float32)).astype(dtype)
-            for k, (name, s) in zip(keys, spec.items())}

@@ -26,11 +26,14 @@ papers, which treat AdamW only). For SGD with L2 decay u is the gradient itself.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
+
+from weibull_jax import taxonomy
+from weibull_jax import tree as tree_lib
 
 
 class Forces(NamedTuple):
@@ -56,24 +59,37 @@ def _matrix_sum(x: jax.Array) -> jax.Array:
     return jnp.sum(x, axis=tuple(range(max(x.ndim - 2, 0), x.ndim)))
 
 
+def _inner_products(w: jax.Array, u: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(⟨w,u⟩, ‖u‖², ‖w‖²) per matrix in one variadic reduction: w and u are read once, in one kernel."""
+    axes = tuple(range(max(w.ndim - 2, 0), w.ndim))
+    zero = jnp.zeros((), jnp.float32)
+    return jax.lax.reduce((w * u, u * u, w * w), (zero, zero, zero),
+                          lambda a, b: (a[0] + b[0], a[1] + b[1], a[2] + b[2]), axes)
+
+
 def forces_from_direction(w: jax.Array, u: jax.Array, lr: Any, weight_decay: Any) -> Forces:
     """The five terms for a step ``w ← w − η(u + λ_wd w)`` with update direction ``u`` (float32 sums)."""
-    w = w.astype(jnp.float32)
-    u = u.astype(jnp.float32)
     lr = jnp.asarray(lr, jnp.float32)
     wd = jnp.asarray(weight_decay, jnp.float32)
-    wu, uu, ww = _matrix_sum(w * u), _matrix_sum(u * u), _matrix_sum(w * w)
+    wu, uu, ww = _inner_products(w.astype(jnp.float32), u.astype(jnp.float32))
     return Forces(-2.0 * lr * wu, lr * lr * uu, -2.0 * lr * wd * ww, 2.0 * lr * lr * wd * wu, (lr * wd) ** 2 * ww)
 
 
-def _map_leaves(fn, params: Any, weight_decay: Any, *trees: Any) -> Any:
-    """``fn(w, wd, *rest)`` leaf by leaf, with λ_wd a number or a tree like ``params``."""
+def is_matrix(w: jax.Array) -> bool:
+    """The leaves the papers budget: arrays with two or more axes (matrices and stacks of them)."""
+    return jnp.ndim(w) >= 2
+
+
+def _map_leaves(fn, params: Any, weight_decay: Any, select, *trees: Any) -> Any:
+    """``fn(w, wd, *rest)`` on the leaves ``select`` keeps (None on the others), λ_wd a number or a tree."""
     if isinstance(weight_decay, (int, float)) or jax.tree.structure(weight_decay) != jax.tree.structure(params):
         weight_decay = jax.tree.map(lambda _: weight_decay, params)
-    return jax.tree.map(fn, params, weight_decay, *trees)
+    return jax.tree.map(lambda w, *rest: fn(w, *rest) if select is None or select(w) else None,
+                        params, weight_decay, *trees)
 
 
-def forces_from_update(params: Any, updates: Any, lr: Any, weight_decay: Any = 0.0) -> Any:
+def forces_from_update(params: Any, updates: Any, lr: Any, weight_decay: Any = 0.0,
+                       select: Callable[[jax.Array], bool] | None = None) -> Any:
     """A tree of :class:`Forces` for any optimizer's step ``updates`` = w_{t+1} − w_t (what optax returned).
 
     The direction is u = −Δ/η − λ_wd w (the step beyond the instantaneous decay), so ``total()`` equals
@@ -81,12 +97,14 @@ def forces_from_update(params: Any, updates: Any, lr: Any, weight_decay: Any = 0
     moments, up to the rounding of Δ.
     """
     lr = jnp.asarray(lr, jnp.float32)
+    inverse_lr = jnp.where(lr > 0, 1.0 / jnp.where(lr > 0, lr, 1.0), 0.0)  # a step at η = 0 has no budget
 
     def one(w, wd, delta):
         w = w.astype(jnp.float32)
-        return forces_from_direction(w, -delta.astype(jnp.float32) / lr - jnp.asarray(wd, jnp.float32) * w, lr, wd)
+        u = -delta.astype(jnp.float32) * inverse_lr - jnp.asarray(wd, jnp.float32) * w
+        return forces_from_direction(w, u, lr, wd)
 
-    return _map_leaves(one, params, weight_decay, updates)
+    return _map_leaves(one, params, weight_decay, select, updates)
 
 
 def find_adam_state(opt_state: Any) -> optax.ScaleByAdamState:
@@ -108,7 +126,7 @@ def adam_direction(state: optax.ScaleByAdamState, b1: float = 0.9, b2: float = 0
 
 
 def adamw_forces(params: Any, opt_state: Any, lr: Any, weight_decay: Any, b1: float = 0.9, b2: float = 0.999,
-                 eps: float = 1e-8) -> Any:
+                 eps: float = 1e-8, select: Callable[[jax.Array], bool] | None = None) -> Any:
     """A tree of :class:`Forces`, one per leaf of ``params``, for the AdamW step that produced ``opt_state``.
 
     Args:
@@ -118,8 +136,66 @@ def adamw_forces(params: Any, opt_state: Any, lr: Any, weight_decay: Any, b1: fl
       lr: the learning rate of this step (the schedule's value at the step's count − 1).
       weight_decay: λ_wd, a number or a tree like ``params`` (0 where the decay mask is off).
       b1, b2, eps: the Adam constants the optimizer was built with.
+      select: which leaves to budget (e.g. :func:`is_matrix`); None on the others. Default: all.
 
     Then ``‖params_after‖² − ‖params‖² == Forces.total()`` leaf by leaf, to float rounding. Pure and jit-able.
     """
     u = adam_direction(find_adam_state(opt_state), b1, b2, eps)
-    return _map_leaves(lambda w, wd, d: forces_from_direction(w, d, lr, wd), params, weight_decay, u)
+    return _map_leaves(lambda w, wd, d: forces_from_direction(w, d, lr, wd), params, weight_decay, select, u)
+
+
+class NormStats(NamedTuple):
+    """‖w‖² and the number of weights of a matrix (or of a group of them, summed)."""
+
+    sq_norm: jax.Array
+    size: jax.Array
+
+    def rms(self) -> jax.Array:
+        """RMS = √(‖w‖²/n), the quantity the Weibull bridge maps to λ (App. A.2)."""
+        return jnp.sqrt(self.sq_norm / self.size)
+
+
+def norm_stats(params: Any) -> Any:
+    """A tree of :class:`NormStats`, one per leaf (per matrix of a stack), float32 sums."""
+    def one(w):
+        sq_norm = _matrix_sum(jnp.square(w.astype(jnp.float32)))
+        return NormStats(sq_norm, jnp.full(sq_norm.shape, w.size // sq_norm.size, jnp.float32))
+
+    return jax.tree.map(one, params)
+
+
+GROUPINGS = ("all", "class", "kind", "block", "matrix")
+
+
+def group_key(name: str, by: str) -> str:
+    """The group of a parameter name: its functional class, kind, block (``block_3``; ``outside``) or itself."""
+    if by == "all":
+        return "all"
+    if by == "matrix":
+        return name
+    info = taxonomy.describe(name)
+    if by == "class":
+        return info.cls
+    if by == "kind":
+        return info.kind
+    if by == "block":
+        return f"block_{info.block}" if info.block >= 0 else "outside"
+    raise ValueError(f"unknown grouping {by!r}; known: {GROUPINGS}")
+
+
+def group_sums(records: Any, by: str) -> dict[str, Any]:
+    """Sums of per-leaf records (:class:`Forces` or :class:`NormStats`) within each group of ``by``.
+
+    Stacks of matrices are summed over their stack axes too. Jit-able: the grouping is read from the
+    names, so the result is a dict of fixed keys.
+    """
+    def is_record(x):
+        return isinstance(x, (Forces, NormStats))
+
+    flat, _ = jax.tree_util.tree_flatten_with_path(records, is_leaf=is_record)
+    groups: dict[str, Any] = {}
+    for path, record in flat:
+        key = group_key(tree_lib.path_name(path), by)
+        summed = type(record)(*(jnp.sum(x) for x in record))
+        groups[key] = summed if key not in groups else jax.tree.map(jnp.add, groups[key], summed)
+    return groups

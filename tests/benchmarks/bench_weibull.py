@@ -17,8 +17,7 @@ import time
 import jax
 import numpy as np
 
-from weibull_jax import anchor, taxonomy, weibull
-from weibull_jax.models import presets
+from weibull_jax import models, taxonomy, tree, weibull
 
 
 def _median_seconds(fn, repeats: int) -> float:
@@ -38,9 +37,9 @@ def main() -> None:
     args = parser.parse_args()
     import npm_weibull
 
-    spec = anchor.pythia_init_spec(presets.preset(args.preset))
-    spec = {n: s for n, s in spec.items() if taxonomy.block_of(n) >= 0 and len(s.shape) == 2}
-    host = {n: np.asarray(w) for n, w in anchor.sample_init(jax.random.key(0), spec).items()}
+    params = models.init_params(models.preset(args.preset), jax.random.key(0))
+    names, leaves, _, _ = tree.named_leaves(params)
+    host = {n: np.asarray(w) for n, w in zip(names, leaves) if taxonomy.block_of(n) >= 0}
     device = jax.device_put(host)
     n_weights = sum(w.size for w in host.values())
 

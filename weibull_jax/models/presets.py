@@ -1,16 +1,27 @@
-"""Published shapes of the models the toolkit trains and diagnoses.
+"""Model configurations and the published shapes of the models the toolkit trains and diagnoses.
 
-Pythia sizes follow the EleutherAI model cards and configs (Biderman et al., 2023).
+Pythia sizes follow the EleutherAI model cards and configs (Biderman et al., 2023). ``llama-70m`` is the
+Llama-style control of arXiv 2606.19367 §2.4 (same d, L and heads as Pythia-70M; SwiGLU width 1536, the
+LLaMA rule ⌈(2/3)·4d⌉ rounded up to a multiple of 256).
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+FAMILIES = ("gpt_neox", "llama")
+
 
 @dataclasses.dataclass(frozen=True)
-class TransformerShape:
-    """The sizes that fix every weight matrix of a decoder-only transformer."""
+class ModelConfig:
+    """Everything that fixes a decoder-only transformer: its shapes, its variant and its initialisation.
+
+    ``init_in`` / ``init_out`` name the initialisers (:func:`weibull_jax.anchor.init_sigma`) of the
+    input-side (embedding, W_qkv or W_q/W_k/W_v, W_FFN_in or gate/up, the head) and output-side (W_o,
+    W_FFN_out or down) matrices. ``dtype`` is the compute dtype; parameters are always float32.
+    ``attention``: ``"xla"``, ``"cudnn"`` (flash attention on NVIDIA GPUs, half precision only) or
+    ``"auto"`` (cuDNN on a GPU in half precision, XLA otherwise).
+    """
 
     family: str  # "gpt_neox" or "llama"
     d_model: int
@@ -19,6 +30,24 @@ class TransformerShape:
     d_ff: int
     vocab_size: int
     n_kv_heads: int | None = None  # None: as many as n_heads (MHA)
+    max_seq_len: int = 2048
+    rotary_fraction: float = 0.25  # share of each head's dimensions that rotary embeddings turn
+    rope_base: float = 10000.0
+    norm_eps: float = 1e-5
+    parallel_residual: bool = True  # GPT-NeoX: x + attn(ln1(x)) + mlp(ln2(x))
+    init_in: str = "small_init"
+    init_out: str = "wang_init"
+    dtype: str = "float32"
+    attention: str = "auto"
+
+    def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise ValueError(f"unknown model family {self.family!r}; known: {FAMILIES}")
+        if self.d_model % self.n_heads or self.n_heads % self.kv_heads:
+            raise ValueError(f"d_model={self.d_model}, n_heads={self.n_heads} and n_kv_heads={self.kv_heads} "
+                             "must divide: d_model by n_heads, n_heads by n_kv_heads")
+        if self.family == "gpt_neox" and self.kv_heads != self.n_heads:
+            raise ValueError("GPT-NeoX has one key/value head per query head; n_kv_heads is for llama")
 
     @property
     def kv_heads(self) -> int:
@@ -28,20 +57,34 @@ class TransformerShape:
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
 
+    @property
+    def rotary_dim(self) -> int:
+        return int(self.head_dim * self.rotary_fraction)
 
-PRESETS: dict[str, TransformerShape] = {
-    "pythia-14m": TransformerShape("gpt_neox", 128, 6, 4, 512, 50304),
-    "pythia-70m": TransformerShape("gpt_neox", 512, 6, 8, 2048, 50304),
-    "pythia-160m": TransformerShape("gpt_neox", 768, 12, 12, 3072, 50304),
-    "pythia-410m": TransformerShape("gpt_neox", 1024, 24, 16, 4096, 50304),
-    "pythia-1b": TransformerShape("gpt_neox", 2048, 16, 8, 8192, 50304),
-    "pythia-6.9b": TransformerShape("gpt_neox", 4096, 32, 32, 16384, 50432),
+    def replace(self, **changes) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def _llama(d_model, n_layers, n_heads, d_ff, vocab_size, **kw) -> ModelConfig:
+    defaults = dict(rotary_fraction=1.0, norm_eps=1e-6, parallel_residual=False, init_in="normal",
+                    init_out="normal")
+    return ModelConfig("llama", d_model, n_layers, n_heads, d_ff, vocab_size, **{**defaults, **kw})
+
+
+PRESETS: dict[str, ModelConfig] = {
+    "pythia-14m": ModelConfig("gpt_neox", 128, 6, 4, 512, 50304),
+    "pythia-70m": ModelConfig("gpt_neox", 512, 6, 8, 2048, 50304),
+    "pythia-160m": ModelConfig("gpt_neox", 768, 12, 12, 3072, 50304),
+    "pythia-410m": ModelConfig("gpt_neox", 1024, 24, 16, 4096, 50304),
+    "pythia-1b": ModelConfig("gpt_neox", 2048, 16, 8, 8192, 50304),
+    "pythia-6.9b": ModelConfig("gpt_neox", 4096, 32, 32, 16384, 50432, init_in="normal", init_out="scaled_normal"),
+    "llama-70m": _llama(512, 6, 8, 1536, 50304),
 }
 
 
-def preset(name: str) -> TransformerShape:
-    """A preset by name, with the known names in the error."""
+def preset(name: str, **changes) -> ModelConfig:
+    """A preset by name (fields overridden by ``changes``), with the known names in the error."""
     try:
-        return PRESETS[name]
+        return PRESETS[name].replace(**changes)
     except KeyError:
         raise ValueError(f"unknown preset {name!r}; known: {sorted(PRESETS)}") from None

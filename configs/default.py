@@ -1,0 +1,43 @@
+"""A tiny Pythia on the bundled default corpus: the README's main job, a few minutes on a 2-core CPU.
+
+Every field below can be overridden on the command line, e.g. ``--config.steps=1000``.
+"""
+
+import dataclasses
+
+import ml_collections
+
+from weibull_jax import models
+
+
+def model(preset: str, **changes) -> ml_collections.ConfigDict:
+    """``config.model``: every field of a preset's :class:`weibull_jax.models.ModelConfig`, overridable."""
+    return ml_collections.ConfigDict(dataclasses.asdict(models.preset(preset, **changes)))
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    config.model = model("pythia-14m", d_model=128, n_layers=4, n_heads=4, d_ff=512, vocab_size=4096,
+                         max_seq_len=512)
+    config.data = ml_collections.ConfigDict(dict(
+        corpus="default",  # a folder, glob or comma list of .txt/.jsonl/.parquet files; see weibull_jax.data
+        tokenizer="",  # a tokenizer.json (e.g. GPT-NeoX's); empty: a byte-level BPE trained on the corpus
+        vocab_size=4096,  # size of that BPE
+        seq_len=128,
+        cache_dir="~/.cache/weibull_jax",
+    ))
+    config.optimizer = ml_collections.ConfigDict(dict(
+        name="adamw",  # adamw, muon, sgd, sgd_momentum, sgdw_nesterov
+        lr=1e-3, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.01, momentum=0.9,
+        clip_norm=1.0,  # 0: no clipping
+        schedule="cosine",  # cosine, wsd, step, constant
+        warmup_steps=30, floor=0.1, decay_fraction=0.2, milestones=(0.5, 0.75), gamma=0.1,
+    ))
+    config.batch_size = 16
+    config.steps = 200
+    config.log_every = 10
+    config.ckpt_every = 100
+    config.record_forces = True
+    config.init_from = ""  # a HuggingFace checkpoint folder to continue training from (fresh optimizer)
+    return config

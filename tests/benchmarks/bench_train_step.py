@@ -1,0 +1,170 @@
+"""Train-step throughput: our jitted Pythia step (with and without the forces) vs HuggingFace PyTorch.
+
+  python tests/benchmarks/bench_train_step.py [--preset pythia-70m --batch 24 --seq 512 --steps 50]
+
+Forward + backward + AdamW (lr 1e-3, β = (0.9, 0.95), ε = 1e-8, weight decay 0.01, cosine schedule) on
+random tokens, bf16 compute with float32 weights on both sides:
+
+* ``jax``: :func:`train.train.make_train_step` without forces;
+* ``jax+forces``: the same step returning the five-term budget of every parameter, read from the moments;
+* ``torch``: ``GPTNeoXForCausalLM`` (SDPA attention) under ``torch.autocast(bfloat16)`` with fused
+  ``torch.optim.AdamW``, eager; ``torch.compile``: the model compiled; ``torch+forces``: eager, reading
+  ``exp_avg``/``exp_avg_sq`` after each step to form the same budget (the peer's way to get the forces).
+
+Each variant runs in its own process (so that peak memory is its own); the table gives tokens/s, peak GPU
+memory and the ratio to the torch.compile figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import time
+
+VARIANTS = ("jax", "jax+forces", "torch", "torch.compile", "torch+forces")
+LR, B1, B2, EPS, WD, WARMUP, TOTAL = 1e-3, 0.9, 0.95, 1e-8, 0.01, 200, 20_000
+
+
+def _tokens(args, n):
+    import numpy as np
+
+    return np.random.default_rng(0).integers(0, 50_000, (n, args.batch, args.seq), dtype=np.int32)
+
+
+def run_jax(args, forces: bool) -> dict:
+    import jax
+
+    from train import train
+    from weibull_jax import models, optim
+
+    config = models.preset(args.preset, dtype="bfloat16", max_seq_len=args.seq)
+    schedule = optim.learning_rate_schedule("cosine", LR, TOTAL, WARMUP)
+    optimizer = optim.make_optimizer("adamw", schedule, WD, B1, B2, EPS)
+    state = train.create_train_state(config, optimizer, jax.random.key(0))
+    wd = jax.tree.map(lambda on: WD if on else 0.0, optim.matrices_decay(state.params))
+    step = train.make_train_step(config, optimizer, schedule, wd, dict(b1=B1, b2=B2, eps=EPS), forces)
+    batches = jax.device_put(_tokens(args, 4))
+    for i in range(args.warmup):
+        state, metrics = step(state, batches[i % 4])
+    jax.block_until_ready(metrics)
+    start = time.perf_counter()
+    for i in range(args.steps):
+        state, metrics = step(state, batches[i % 4])
+    jax.block_until_ready(metrics)
+    seconds = time.perf_counter() - start
+    if args.profile:
+        with jax.profiler.trace(args.profile, create_perfetto_trace=True):
+            for i in range(5):
+                state, metrics = step(state, batches[i % 4])
+            jax.block_until_ready(metrics)
+    peak = (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use", 0)
+    return {"seconds_per_step": seconds / args.steps, "peak_bytes": peak, "loss": float(metrics["loss"]),
+            "device": jax.devices()[0].device_kind, "version": f"jax {jax.__version__}"}
+
+
+def _cosine_factor(t: int) -> float:
+    """η_t/η of ``learning_rate_schedule("cosine", η, TOTAL, WARMUP)`` in plain Python (no JAX in torch runs)."""
+    if t < WARMUP:
+        return t / WARMUP
+    return 0.1 + 0.9 * (1 + math.cos(math.pi * min(t - WARMUP, TOTAL - WARMUP) / (TOTAL - WARMUP))) / 2
+
+
+def run_torch(args, compiled: bool, forces: bool) -> dict:
+    import torch
+    import transformers
+
+    from weibull_jax import convert, models
+
+    hf = convert.config_to_hf(models.preset(args.preset, max_seq_len=args.seq))
+    model = transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(**hf)).cuda().train()
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    rest = [p for p in model.parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": WD}, {"params": rest, "weight_decay": 0.0}],
+                            lr=LR, betas=(B1, B2), eps=EPS, fused=True)
+    lr_of_step = torch.optim.lr_scheduler.LambdaLR(opt, _cosine_factor)
+    forward = torch.compile(model) if compiled else model
+    batches = torch.as_tensor(_tokens(args, 4), device="cuda", dtype=torch.long)
+
+    def step(tokens):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = forward(input_ids=tokens, labels=tokens).loss
+        loss.backward()
+        before = [p.detach().clone() for p in decay] if forces else None
+        lr = opt.param_groups[0]["lr"]
+        opt.step()
+        lr_of_step.step()
+        opt.zero_grad(set_to_none=True)
+        if forces:  # alignment, injection, decay per matrix from the moments, as a tensor (no host sync)
+            terms = []
+            for w, p in zip(before, decay):
+                s = opt.state[p]
+                t = float(s["step"])
+                u = (s["exp_avg"] / (1 - B1 ** t)) / ((s["exp_avg_sq"] / (1 - B2 ** t)).sqrt() + EPS)
+                terms.append(torch.stack([-2 * lr * (w * u).sum(), lr * lr * (u * u).sum(),
+                                          -2 * lr * WD * (w * w).sum()]))
+            return loss, torch.stack(terms)
+        return loss, None
+
+    for i in range(args.warmup):
+        step(batches[i % 4])
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for i in range(args.steps):
+        loss, _ = step(batches[i % 4])
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    return {"seconds_per_step": seconds / args.steps, "peak_bytes": torch.cuda.max_memory_allocated(),
+            "loss": float(loss), "device": torch.cuda.get_device_name(),
+            "version": f"torch {torch.__version__}, transformers {transformers.__version__}"}
+
+
+def run_variant(args) -> dict:
+    if args.variant.startswith("jax"):
+        return run_jax(args, forces=args.variant == "jax+forces")
+    return run_torch(args, compiled=args.variant == "torch.compile", forces=args.variant == "torch+forces")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="pythia-70m")
+    parser.add_argument("--batch", type=int, default=24)
+    parser.add_argument("--seq", type=int, default=512)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--profile", default="", help="jax variants: write a profiler trace of 5 steps here")
+    parser.add_argument("--variant", choices=VARIANTS, help="run one variant and print its JSON (internal)")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    args = parser.parse_args()
+    if args.variant:
+        print(json.dumps(run_variant(args)))
+        return
+    results = {}
+    for variant in args.variants.split(","):
+        cmd = [sys.executable, __file__, "--variant", variant] + [
+            f"--{k}={getattr(args, k)}" for k in ("preset", "batch", "seq", "steps", "warmup")] + (
+            [f"--profile={args.profile}/{variant}"] if args.profile else [])
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode:
+            print(f"{variant}: failed\n{done.stderr[-3000:]}")
+            continue
+        results[variant] = json.loads(done.stdout.strip().splitlines()[-1])
+    tokens = args.batch * args.seq
+    reference = results.get("torch.compile", {}).get("seconds_per_step")
+    print(f"{args.preset}, batch {args.batch} × seq {args.seq}, bf16, AdamW; "
+          f"{next(iter(results.values()))['device'] if results else ''}")
+    print(f"{'variant':<15}{'ms/step':>10}{'tokens/s':>12}{'peak GiB':>10}{'vs torch.compile':>18}  loss")
+    for variant, r in results.items():
+        ratio = f"{reference / r['seconds_per_step']:.2f}×" if reference else "-"
+        print(f"{variant:<15}{1e3 * r['seconds_per_step']:>10.2f}{tokens / r['seconds_per_step']:>12,.0f}"
+              f"{r['peak_bytes'] / 2**30:>10.2f}{ratio:>18}  {r['loss']:.3f}   ({r['version']})")
+    if "jax" in results and "jax+forces" in results:
+        cost = results["jax+forces"]["seconds_per_step"] / results["jax"]["seconds_per_step"] - 1
+        print(f"cost of the forces in the jitted step: {100 * cost:+.1f} %")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""The Flax models: published sizes, init recipes against their formulas, causality, the LM loss."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import weibull_jax
+from weibull_jax import models, taxonomy, tree
+
+# Parameter counts of the HuggingFace checkpoints (EleutherAI model cards / safetensors headers).
+PUBLISHED_SIZES = {"pythia-14m": 14_067_712, "pythia-70m": 70_426_624, "pythia-160m": 162_322_944,
+                   "pythia-410m": 405_334_016, "pythia-1b": 1_011_781_632}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_SIZES))
+def test_presets_have_the_published_parameter_counts(name):
+    shapes = jax.eval_shape(lambda: models.init_params(models.preset(name), jax.random.key(0)))
+    assert sum(x.size for x in jax.tree.leaves(shapes)) == PUBLISHED_SIZES[name]
+
+
+@pytest.mark.parametrize("name,sigma_in,sigma_out", [
+    ("pythia-14m", np.sqrt(2 / (5 * 128)), 2 / (6 * np.sqrt(128))),  # small_init, wang_init
+    ("llama-70m", 0.02, 0.02),  # HF Llama's normal(0.02)
+    ("pythia-6.9b-shaped", 0.02, 0.02 / np.sqrt(2 * 4)),  # recipe B on a small shape
+])
+def test_init_recipes_give_the_formula_sigma_and_the_anchor_scale(name, sigma_in, sigma_out):
+    config = (models.preset("pythia-6.9b", d_model=128, n_layers=4, n_heads=4, d_ff=512, vocab_size=1000)
+              if name == "pythia-6.9b-shaped" else models.preset(name))
+    params = models.init_params(config, jax.random.key(3))
+    names, leaves, _, _ = tree.named_leaves(params, lambda p, x: True)
+    _, ratio = weibull_jax.halfnormal_anchor()
+    for n, x in zip(names, leaves):
+        x = np.asarray(x)
+        kind = taxonomy.kind_of(n)
+        if kind == "norm" and n.endswith("scale"):
+            assert np.all(x == 1.0), n
+        elif kind in ("norm", "bias"):
+            assert np.all(x == 0.0), n
+        else:
+            sigma = sigma_out if kind in ("o", "ffn_out", "down") else sigma_in
+            assert abs(x.std() / sigma - 1) < 4 / np.sqrt(x.size) + 2e-3, n
+            assert abs(abs(x.mean()) / sigma) < 4 / np.sqrt(x.size), n
+            if x.size >= 60_000:  # the fitted λ at init is the anchor's 0.8875 σ (App. A.1)
+                assert abs(float(weibull_jax.fit_weibull(x).scale) / sigma / ratio - 1) < 0.02, n
+
+
+@pytest.mark.parametrize("name", ["pythia-14m", "llama-70m"])
+def test_models_are_causal(name):
+    config = models.preset(name, d_model=64, n_heads=4, n_layers=2, d_ff=128, vocab_size=97)
+    model = models.CausalLM(config)
+    params = models.init_params(config, jax.random.key(0))
+    tokens = jax.random.randint(jax.random.key(1), (2, 16), 0, 97)
+    changed = tokens.at[:, 9].set((tokens[:, 9] + 1) % 97)
+    a, b = (np.asarray(model.apply({"params": params}, t)) for t in (tokens, changed))
+    np.testing.assert_array_equal(a[:, :9], b[:, :9])
+    assert np.abs(a[:, 9:] - b[:, 9:]).min(axis=-1).max() > 0
+
+
+def test_bfloat16_compute_tracks_float32():
+    config = models.preset("pythia-14m", vocab_size=97)
+    params = models.init_params(config, jax.random.key(0))
+    tokens = jax.random.randint(jax.random.key(1), (2, 32), 0, 97)
+    full = models.CausalLM(config).apply({"params": params}, tokens)
+    half = models.CausalLM(config.replace(dtype="bfloat16")).apply({"params": params}, tokens)
+    assert half.dtype == jnp.bfloat16 and full.dtype == jnp.float32
+    assert np.abs(np.asarray(half, np.float32) - np.asarray(full)).max() < 0.05 * np.abs(np.asarray(full)).max()
+
+
+def test_next_token_loss_and_its_gradient_against_the_closed_form():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3, (2, 7, 13))
+    tokens = rng.integers(0, 13, (2, 7))
+    z = logits[:, :-1] - logits[:, :-1].max(-1, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    onehot = np.eye(13)[tokens[:, 1:]]
+    want_loss = -np.mean(np.sum(log_p * onehot, -1))
+    want_grad = np.zeros_like(logits)
+    want_grad[:, :-1] = (np.exp(log_p) - onehot) / onehot[..., 0].size
+    loss, grad = jax.value_and_grad(models.next_token_loss)(jnp.asarray(logits, jnp.float32), tokens)
+    assert abs(float(loss) - want_loss) < 1e-5
+    np.testing.assert_allclose(grad, want_grad, atol=1e-7)
+    half = jax.grad(models.next_token_loss)(jnp.asarray(logits, jnp.bfloat16), tokens)
+    assert half.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(half, np.float32), want_grad, atol=2e-3)
+
+
+def test_config_checks():
+    with pytest.raises(ValueError, match="unknown model family"):
+        models.ModelConfig("gpt2", 64, 2, 4, 128, 97)
+    with pytest.raises(ValueError, match="must divide"):
+        models.ModelConfig("llama", 64, 2, 4, 128, 97, n_kv_heads=3)
+    with pytest.raises(ValueError, match="unknown preset"):
+        models.preset("pythia-7b")

@@ -1,0 +1,170 @@
+"""``python -m train.main``: the default run, resume after a hard kill, SIGTERM, and one message per bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from configs import default
+from train import train
+from weibull_jax import data, forces
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL_CORPUS = os.path.join(data.DEFAULT_CORPUS, "library", "a*.rst.txt")  # 29 files, 0.5 MB
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("cache"))
+
+
+def _command(workdir, cache, *flags):
+    return [sys.executable, "-m", "train.main", "--config=configs/default.py", f"--workdir={workdir}",
+            f"--config.data.cache_dir={cache}", *flags]
+
+
+def _small(workdir, cache, steps=40):
+    return _command(workdir, cache, f"--config.data.corpus={SMALL_CORPUS}", f"--config.steps={steps}",
+                    "--config.log_every=5", "--config.ckpt_every=10", "--config.data.vocab_size=512",
+                    "--config.model.vocab_size=512", "--config.model.d_model=64", "--config.model.d_ff=128",
+                    "--config.model.n_layers=2", "--config.batch_size=8", "--config.data.seq_len=64")
+
+
+def _metrics(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_default_config_runs_50_steps_and_its_budget_closes(tmp_path, cache):
+    out = subprocess.run(_command(tmp_path, cache, "--config.steps=50"), cwd=ROOT, capture_output=True,
+                         text=True, timeout=1200)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = _metrics(tmp_path)
+    assert [m["step"] for m in lines] == [10, 20, 30, 40, 50]
+    assert lines[-1]["loss"] < lines[0]["loss"] - 0.5
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["50"]
+    with np.load(tmp_path / "forces" / "00000050.npz") as f:
+        assert f["forces"].shape == (50, 18, 5) and list(f["steps"]) == list(range(1, 51))
+        budget, names = f["forces"].astype(np.float64), list(f["names"])
+    # the recorded budget of steps 41–50 adds up to the change of ‖w‖² measured from the weights themselves
+    for cls in ("transmission", "selection"):
+        rows = [i for i, n in enumerate(names) if forces.group_key(n, "class") == cls]
+        recorded = budget[40:, rows, :].sum()
+        measured = lines[4]["norms"]["class"][cls]["sq_norm"] - lines[3]["norms"]["class"][cls]["sq_norm"]
+        assert abs(recorded - measured) <= 1e-4 * lines[4]["norms"]["class"][cls]["sq_norm"], cls
+    assert "forces transmission" in out.stdout and "Weibull transmission" in out.stdout
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert 0.5 < summary["force_shares"]["all"]["alignment"] < 1.0
+
+
+def test_resume_after_a_hard_kill_is_bit_identical(tmp_path, cache):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert subprocess.run(_small(straight, cache), cwd=ROOT, capture_output=True, timeout=900).returncode == 0
+    proc = subprocess.Popen(_small(killed, cache), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 900
+    while not (killed / "checkpoints" / "20" / "commit_success.txt").exists() and proc.poll() is None:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    proc.kill()  # SIGKILL: no cleanup, whatever was in flight is lost
+    proc.wait()
+    assert not (killed / "checkpoints" / "40").exists()
+    out = subprocess.run(_small(killed, cache), cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "resumed from the checkpoint at step" in out.stderr
+    a, b = _metrics(straight), _metrics(killed)
+    assert [m["step"] for m in b] == [m["step"] for m in a] == list(range(5, 41, 5))
+    for x, y in zip(a, b):
+        assert (x["loss"], x["grad_norm"], x["forces"], x["norms"]) == (y["loss"], y["grad_norm"], y["forces"],
+                                                                        y["norms"])
+    for name in sorted(os.listdir(straight / "forces")):
+        with np.load(straight / "forces" / name) as f, np.load(killed / "forces" / name) as g:
+            np.testing.assert_array_equal(f["forces"], g["forces"])
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, cache):
+    proc = subprocess.Popen(_small(tmp_path, cache, steps=100000), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 900
+    while not (tmp_path / "checkpoints" / "10" / "commit_success.txt").exists():
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    saved = max(int(s) for s in os.listdir(tmp_path / "checkpoints"))
+    assert f"SIGTERM: saved the checkpoint at step {saved}" in err
+    assert _metrics(tmp_path)[-1]["step"] == saved
+
+
+def _config(tmp_path, cache, **changes):
+    config = default.get_config()
+    config.data.corpus = SMALL_CORPUS
+    config.data.cache_dir = cache
+    config.data.vocab_size = config.model.vocab_size = 512
+    config.update(steps=20, log_every=5, ckpt_every=10)
+    config.optimizer.warmup_steps = 5
+    for key, value in changes.items():
+        node = config
+        *path, leaf = key.split(".")
+        for p in path:
+            node = node[p]
+        node[leaf] = value
+    return config
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"steps": 0}, "config.steps must be positive"),
+    ({"ckpt_every": 7}, "must be a multiple of config.log_every"),
+    ({"optimizer.weight_decay": -0.1}, "weight_decay must be >= 0"),
+    ({"data.seq_len": 4096}, "exceeds config.model.max_seq_len"),
+    ({"optimizer.name": "adagrad"}, "unknown optimizer 'adagrad'"),
+    ({"optimizer.warmup_steps": 20}, r"warmup_steps \(20\) must lie in \[0, config.steps = 20\)"),
+    ({"model.vocab_size": 100}, "the tokenizer has 512 tokens but the model's vocabulary is 100"),
+    ({"data.corpus": "/nonexistent/*.txt"}, "names no files"),
+    ({"data.tokenizer": "/nonexistent/tokenizer.json"}, "does not exist"),
+    ({"init_from": "/nonexistent"}, "no config.json"),
+])
+def test_bad_inputs_give_one_clear_message(tmp_path, cache, changes, message):
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        train.train_and_evaluate(_config(tmp_path, cache, **changes), str(tmp_path / "run"))
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_empty_corpus(tmp_path, cache):
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(ValueError, match="holds no tokens"):
+        train.train_and_evaluate(_config(tmp_path, cache, **{"data.corpus": str(tmp_path / "empty.txt"),
+                                                             "data.tokenizer": _tokenizer(tmp_path, cache)}),
+                                 str(tmp_path / "run"))
+
+
+def _tokenizer(tmp_path, cache):
+    tok = data.load_tokenizer("", data.corpus_files(SMALL_CORPUS), 512, cache)
+    tok.save(str(tmp_path / "tokenizer.json"))
+    return str(tmp_path / "tokenizer.json")
+
+
+def test_non_finite_loss_stops_with_step_matrix_and_checkpoint(tmp_path, cache):
+    config = _config(tmp_path, cache, **{"optimizer.name": "sgd", "optimizer.lr": 1e6, "optimizer.warmup_steps": 0,
+                                         "optimizer.clip_norm": 0.0})
+    with pytest.raises(train.NonFiniteError, match=r"non-finite values at step \d+ .*matrix \S+.*checkpoint: none"):
+        train.train_and_evaluate(config, str(tmp_path / "run"))
+
+
+def test_a_corrupt_checkpoint_or_another_config_overwrites_nothing(tmp_path, cache):
+    run = str(tmp_path / "run")
+    train.train_and_evaluate(_config(tmp_path, cache, steps=10), run)
+    with pytest.raises(ValueError, match="holds a run with a different config"):
+        train.train_and_evaluate(_config(tmp_path, cache, steps=10, seed=5), run)
+    for root, _, files in os.walk(os.path.join(run, "checkpoints", "10", "state")):
+        for name in files:
+            with open(os.path.join(root, name), "wb") as f:
+                f.write(b"garbage")
+    with pytest.raises(ValueError, match="checkpoint at step 10 .* cannot be read"):
+        train.train_and_evaluate(_config(tmp_path, cache, steps=20), run)
+    assert sorted(os.listdir(os.path.join(run, "checkpoints"))) == ["10"]

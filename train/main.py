@@ -1,0 +1,43 @@
+"""Trains a Pythia- or LLaMA-style model and records the AdamW force budget of every matrix at every step.
+
+  python -m train.main --config=configs/default.py [--workdir=runs/default] [--config.steps=500 ...]
+
+Rerunning the same command in the same ``--workdir`` resumes from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging as python_logging
+import os
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from train import train
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Training configuration.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: runs/<config file name>).")
+
+
+class _Quiet(python_logging.Filter):
+    """Keeps orbax's and grain's per-save chatter out of the progress log (warnings still show)."""
+
+    def filter(self, record: python_logging.LogRecord) -> bool:
+        chatty = "/orbax/" in record.pathname or "/grain/" in record.pathname
+        return record.levelno >= python_logging.WARNING or not chatty
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.get_absl_handler().addFilter(_Quiet())
+    config = _CONFIG.value
+    workdir = _WORKDIR.value or os.path.join("runs", os.path.splitext(os.path.basename(
+        flags.FLAGS["config"].config_filename))[0])
+    logging.info("JAX %s on %s; run directory %s", jax.__version__, jax.devices(), workdir)
+    train.train_and_evaluate(config, workdir)
+
+
+if __name__ == "__main__":
+    app.run(main)

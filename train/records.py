@@ -1,0 +1,174 @@
+"""The run directory: the config, metrics (JSONL + TensorBoard), per-matrix forces, and the final summary.
+
+``metrics.jsonl`` holds one line per ``log_every`` steps: loss and gradient norm averaged over the interval,
+the last LR, tokens/s, and the forces (mean per step over the interval) and ‖w‖²/RMS (at the log step) per
+functional class, kind and block. ``forces/{step:08d}.npz`` holds, for the steps since the previous
+checkpoint, ``steps`` (n,), ``lr`` (n,), ``names`` (m,) and ``forces`` (n, m, 5: alignment, injection,
+decay, cross, wd2), the budget of every matrix at every step. A restarted run drops what lies beyond its
+checkpoint, so the files read as if the run had never stopped.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import time
+
+import numpy as np
+from absl import logging
+
+import weibull_jax
+from weibull_jax import forces, taxonomy, tree
+
+GROUPINGS = ("class", "kind", "block")
+TERMS = forces.Forces._fields
+
+
+def _grouped(values: np.ndarray, names: list[str], by: str) -> dict[str, np.ndarray]:
+    """Sums of ``values`` rows (one per matrix) within the groups of ``by``."""
+    out: dict[str, np.ndarray] = {}
+    for name, v in zip(names, values):
+        key = forces.group_key(name, by)
+        out[key] = out.get(key, 0.0) + v
+    return out
+
+
+class RunRecords:
+    def __init__(self, workdir: str, config, names: list[str]):
+        """Writes ``config.json``, or refuses (overwriting nothing) if ``workdir`` holds another run's config."""
+        self.workdir, self.names = workdir, names
+        config_path = os.path.join(workdir, "config.json")
+        config_json = config.to_json_best_effort(sort_keys=True, indent=2)
+        if os.path.isfile(config_path):
+            with open(config_path) as f:
+                saved = json.load(f)
+            ours = json.loads(config_json)
+            changed = sorted(k for k in set(saved) | set(ours) if k != "steps" and saved.get(k) != ours.get(k))
+            if changed:
+                raise ValueError(f"{workdir} holds a run with a different config ({', '.join(changed)} differ); "
+                                 "give a new --workdir (nothing was overwritten)")
+        os.makedirs(os.path.join(workdir, "forces"), exist_ok=True)
+        with open(config_path, "w") as f:
+            f.write(config_json)
+        self.metrics_path = os.path.join(workdir, "metrics.jsonl")
+        self._steps: list[np.ndarray] = []
+        self._lr: list[np.ndarray] = []
+        self._forces: list[np.ndarray] = []
+        self._tensorboard = None
+        self.last: dict = {}
+
+    def start(self, resume_step: int) -> None:
+        """Drops what was written after the checkpoint the run resumes from; opens TensorBoard."""
+        from tensorboardX import SummaryWriter
+
+        self._truncate(resume_step)
+        self._tensorboard = SummaryWriter(os.path.join(self.workdir, "tensorboard"), purge_step=resume_step + 1)
+        self._start = time.perf_counter()
+
+    def _truncate(self, resume_step: int) -> None:
+        if os.path.isfile(self.metrics_path):
+            with open(self.metrics_path) as f:
+                keep = [line for line in f if json.loads(line)["step"] <= resume_step]
+            with open(self.metrics_path, "w") as f:
+                f.writelines(keep)
+        for path in glob.glob(os.path.join(self.workdir, "forces", "*.npz")):
+            if int(os.path.basename(path)[:-4]) > resume_step:
+                os.remove(path)
+
+    def log(self, window: dict[str, np.ndarray], sq_norms: np.ndarray, sizes: np.ndarray, seconds_per_step: float,
+            tokens_per_step: int, total_steps: int) -> None:
+        step = int(window["step"][-1])
+        tokens_per_s = tokens_per_step / seconds_per_step if seconds_per_step > 0 else 0.0
+        line = {"step": step, "loss": float(np.mean(window["loss"])), "grad_norm": float(np.mean(window["grad_norm"])),
+                "lr": float(window["lr"][-1]), "tokens_per_s": tokens_per_s}
+        if "forces" in window:
+            self._steps.append(window["step"])
+            self._lr.append(window["lr"])
+            self._forces.append(window["forces"])
+            mean = window["forces"].mean(axis=0)
+            line["forces"] = {by: {g: dict(zip(TERMS, map(float, v))) for g, v in _grouped(mean, self.names, by).items()}
+                              for by in GROUPINGS}
+        line["norms"] = {by: {g: {"sq_norm": float(v[0]), "rms": float(np.sqrt(v[0] / v[1]))}
+                              for g, v in _grouped(np.stack([sq_norms, sizes], 1), self.names, by).items()}
+                         for by in GROUPINGS}
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(line) + "\n")
+        for key, value in _flatten(line):
+            if key != "step":
+                self._tensorboard.add_scalar(key, value, step)
+        self.last = line
+        logging.info("step %d/%d  loss %.4f  lr %.2e  |g| %.3f  %s tok/s  elapsed %s  ETA %s", step, total_steps,
+                     line["loss"], line["lr"], line["grad_norm"], f"{tokens_per_s:,.0f}",
+                     _clock(time.perf_counter() - self._start), _clock((total_steps - step) * seconds_per_step))
+
+    def flush_forces(self, step: int) -> None:
+        """Writes the per-step, per-matrix budget since the previous checkpoint to ``forces/{step}.npz``."""
+        if not self._forces:
+            return
+        path = os.path.join(self.workdir, "forces", f"{step:08d}.npz")
+        np.savez(path + ".tmp.npz", steps=np.concatenate(self._steps), lr=np.concatenate(self._lr),
+                 names=np.asarray(self.names), forces=np.concatenate(self._forces))
+        os.replace(path + ".tmp.npz", path)
+        self._steps, self._lr, self._forces = [], [], []
+
+    def close(self, summary: dict) -> None:
+        with open(os.path.join(self.workdir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+        self._tensorboard.close()
+
+
+def _flatten(d: dict, prefix: str = ""):
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield from _flatten(v, f"{prefix}{k}/")
+        else:
+            yield f"{prefix}{k}", v
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def force_shares(workdir: str) -> dict[str, dict[str, float]]:
+    """Per class (and ``all``): each term's share of Σ(|alignment| + |injection| + |decay|) over the run,
+    from the per-matrix files; ``higher_order`` is (|cross| + |wd2|) on the same scale."""
+    totals: dict[str, np.ndarray] = {}
+    for path in sorted(glob.glob(os.path.join(workdir, "forces", "*.npz"))):
+        with np.load(path) as f:
+            absolute = np.abs(f["forces"].astype(np.float64)).sum(axis=0)  # (m, 5)
+            for key, v in {**_grouped(absolute, list(f["names"]), "class"), "all": absolute.sum(0)}.items():
+                totals[key] = totals.get(key, 0.0) + v
+    shares = {}
+    for key, v in totals.items():
+        leading = v[0] + v[1] + v[2]
+        if leading > 0:
+            shares[key] = {"alignment": v[0] / leading, "injection": v[1] / leading, "decay": v[2] / leading,
+                           "higher_order": (v[3] + v[4]) / leading}
+    return shares
+
+
+def summarize(run: RunRecords, params) -> dict:
+    """Final loss, force shares per class, and the Weibull k and λ per class (medians over matrices)."""
+    names = run.names
+    _, leaves, _, _ = tree.named_leaves(params)
+    fits = weibull_jax.fit_weibull_tree(dict(zip(names, leaves)))
+    weibull_by_class: dict[str, dict] = {}
+    for cls in sorted({taxonomy.describe(n).cls for n in names}):
+        members = [n for n in names if taxonomy.describe(n).cls == cls]
+        weibull_by_class[cls] = {"matrices": len(members),
+                                 "k_median": float(np.median([fits[n].k for n in members])),
+                                 "scale_median": float(np.median([fits[n].scale for n in members]))}
+    summary = {"step": run.last.get("step"), "loss": run.last.get("loss"),
+               "force_shares": force_shares(run.workdir), "weibull": weibull_by_class}
+    lines = [f"run {run.workdir}: step {summary['step']}, loss {summary['loss']:.4f}"]
+    for key, s in summary["force_shares"].items():
+        lines.append(f"  forces {key:<13} alignment {s['alignment']:6.1%}  injection {s['injection']:6.1%}  "
+                     f"decay {s['decay']:6.1%}  (higher-order {s['higher_order']:.1e})")
+    for cls, w in weibull_by_class.items():
+        lines.append(f"  Weibull {cls:<12} {w['matrices']:3d} matrices  median k {w['k_median']:.4f}  "
+                     f"median λ {w['scale_median']:.4g}")
+    print("\n".join(lines))
+    return summary

@@ -1,0 +1,246 @@
+"""The training program: the jitted step (loss, optimizer update, force budget) and the loop around it.
+
+One call of the step advances ``TrainState`` by one optimizer step on one batch of token ids and returns
+the loss, the global gradient norm, the learning rate used and the five-term force budget of every matrix
+(arXiv 2606.19367 §2–3) as one (matrices, 5) table next to their squared norms: read from the AdamW
+moments that this very update produced (``weibull_jax.forces.adamw_forces``), or from the step itself for
+any other optimizer (``forces_from_update``). Nothing leaves the device until a log step.
+
+The loop (:func:`train_and_evaluate`) writes the run directory: ``config.json``; ``metrics.jsonl`` and
+TensorBoard events every ``log_every`` steps (loss, LR, gradient norm, tokens/s, forces and norms per
+class, kind and block, averaged over the interval); at every checkpoint ``forces/{step}.npz`` with the
+per-step, per-matrix budget since the previous one; and orbax checkpoints of the parameters, the full
+optimizer state, the step and the data iterator, from which a restarted run continues bit-identically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import time
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+
+from train import checkpoints, records
+from weibull_jax import convert, data, forces, models, optim, tree
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # optimizer steps taken (int32)
+    params: Any
+    opt_state: Any
+
+
+def create_train_state(model_config: models.ModelConfig, optimizer: optax.GradientTransformation,
+                       key: jax.Array, params: Any = None) -> TrainState:
+    """Step 0: fresh weights (or ``params``, e.g. a converted checkpoint) and a fresh optimizer state."""
+    params = models.init_params(model_config, key) if params is None else jax.tree.map(jnp.asarray, params)
+    return TrainState(jnp.zeros((), jnp.int32), params, jax.jit(optimizer.init)(params))
+
+
+def matrix_names(params: Any) -> list[str]:
+    """The rows of the step's force table: every matrix of the model, in tree order."""
+    return tree.named_leaves(params)[0]
+
+
+def make_train_step(model_config: models.ModelConfig, optimizer: optax.GradientTransformation,
+                    schedule: optax.Schedule, weight_decay: Any, adam: dict | None = None,
+                    record_forces: bool = True) -> Callable:
+    """``step(state, tokens) -> (state, metrics)``, jitted, donating ``state``.
+
+    Args:
+      weight_decay: λ_wd per leaf (a tree like the params, 0 where the decay mask is off).
+      adam: ``{"b1", "b2", "eps"}`` for an AdamW optimizer (forces from its moments); None for any other
+        optimizer (forces from the step).
+      record_forces: add ``metrics["forces"]``, the (matrices, 5) table of alignment, injection, decay,
+        cross and wd2 (rows in :func:`matrix_names` order).
+    """
+    model = models.CausalLM(model_config)
+
+    def loss_fn(params, tokens):
+        return models.next_token_loss(model.apply({"params": params}, tokens), tokens)
+
+    def step(state: TrainState, tokens: jax.Array):
+        loss, grads = jax.value_and_grad(loss_fn)(state.params, tokens)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        lr = schedule(state.step)
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": lr}
+        if record_forces:
+            if adam is not None:
+                budget = forces.adamw_forces(state.params, opt_state, lr, weight_decay, **adam,
+                                             select=forces.is_matrix)
+            else:
+                budget = forces.forces_from_update(state.params, updates, lr, weight_decay, select=forces.is_matrix)
+            rows = jax.tree.leaves(budget, is_leaf=lambda x: isinstance(x, forces.Forces))
+            metrics["forces"] = jnp.stack([jnp.stack(f) for f in rows])
+        params = optax.apply_updates(state.params, updates)
+        return TrainState(state.step + 1, params, opt_state), metrics
+
+    return jax.jit(step, donate_argnums=0)
+
+
+@jax.jit
+def matrix_sq_norms(params: Any) -> jax.Array:
+    """‖w‖² of every matrix, in :func:`matrix_names` order."""
+    return jnp.stack([jnp.sum(jnp.square(w.astype(jnp.float32))) for w in tree.named_leaves(params)[1]])
+
+
+def _drain(pending: list[dict]) -> dict[str, np.ndarray]:
+    """The interval's per-step metrics, stacked on device and fetched in one transfer."""
+    window = jax.device_get({k: jnp.stack([m[k] for m in pending]) for k in pending[0] if k != "step"})
+    window["step"] = np.asarray([m["step"] for m in pending])
+    return window
+
+
+def model_config_of(config: ml_collections.ConfigDict) -> models.ModelConfig:
+    fields = {f.name for f in dataclasses.fields(models.ModelConfig)}
+    unknown = set(config.model) - fields
+    if unknown:
+        raise ValueError(f"config.model has unknown fields {sorted(unknown)}; known: {sorted(fields)}")
+    return models.ModelConfig(**config.model.to_dict())
+
+
+def optimizer_of(config: ml_collections.ConfigDict):
+    """(optimizer, schedule, λ_wd tree function, adam constants or None) from ``config.optimizer``."""
+    o = config.optimizer
+    schedule = optim.learning_rate_schedule(o.schedule, o.lr, config.steps, o.warmup_steps, o.floor,
+                                            o.decay_fraction, tuple(o.milestones), o.gamma)
+    optimizer = optim.make_optimizer(o.name, schedule, o.weight_decay, o.b1, o.b2, o.eps, o.momentum,
+                                     o.clip_norm or None)
+    adam = dict(b1=o.b1, b2=o.b2, eps=o.eps) if o.name == "adamw" else None
+    return optimizer, schedule, adam
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """One clear message per bad value, before anything is written."""
+    positive = {"steps": config.steps, "batch_size": config.batch_size, "data.seq_len": config.data.seq_len,
+                "log_every": config.log_every, "ckpt_every": config.ckpt_every, "optimizer.lr": config.optimizer.lr}
+    for name, value in positive.items():
+        if not value > 0:
+            raise ValueError(f"config.{name} must be positive, got {value!r}")
+    if config.ckpt_every % config.log_every:
+        raise ValueError(f"config.ckpt_every ({config.ckpt_every}) must be a multiple of config.log_every "
+                         f"({config.log_every}): a checkpoint is written only after its interval is checked")
+    if config.optimizer.name not in optim.OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {config.optimizer.name!r}; known: {optim.OPTIMIZERS}")
+    if config.optimizer.schedule not in optim.SCHEDULES:
+        raise ValueError(f"unknown schedule {config.optimizer.schedule!r}; known: {optim.SCHEDULES}")
+    if not 0 <= config.optimizer.warmup_steps < config.steps:
+        raise ValueError(f"config.optimizer.warmup_steps ({config.optimizer.warmup_steps}) must lie in "
+                         f"[0, config.steps = {config.steps})")
+    if config.optimizer.weight_decay < 0:
+        raise ValueError(f"config.optimizer.weight_decay must be >= 0, got {config.optimizer.weight_decay}")
+    if config.data.seq_len > config.model.max_seq_len:
+        raise ValueError(f"config.data.seq_len ({config.data.seq_len}) exceeds config.model.max_seq_len "
+                         f"({config.model.max_seq_len})")
+
+
+class NonFiniteError(RuntimeError):
+    """NaN or inf in the loss, the gradients or the forces."""
+
+
+def _first_non_finite(window: dict[str, np.ndarray], names: list[str]) -> str | None:
+    """Where the interval went bad: the step and the matrix, or None."""
+    bad_steps = ~np.isfinite(window["loss"]) | ~np.isfinite(window["grad_norm"])
+    if "forces" in window:
+        bad_steps |= ~np.all(np.isfinite(window["forces"]), axis=(1, 2))
+    if not bad_steps.any():
+        return None
+    i = int(np.argmax(bad_steps))
+    where = f"step {int(window['step'][i])} (loss {window['loss'][i]}, gradient norm {window['grad_norm'][i]})"
+    if "forces" in window:
+        rows = np.flatnonzero(~np.all(np.isfinite(window["forces"][i]), axis=1))
+        if rows.size:
+            where += f", first in matrix {names[rows[0]]}"
+    return where
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains (or resumes) the run in ``workdir``; returns the final summary."""
+    check_config(config)
+    model_config = model_config_of(config)
+    files = data.corpus_files(config.data.corpus)
+    cache = os.path.expanduser(config.data.cache_dir)
+    tokenizer = data.load_tokenizer(config.data.tokenizer, files, config.data.vocab_size, cache)
+    if tokenizer.get_vocab_size() > model_config.vocab_size:
+        raise ValueError(f"the tokenizer has {tokenizer.get_vocab_size()} tokens but the model's vocabulary is "
+                         f"{model_config.vocab_size}: raise config.model.vocab_size or shrink the tokenizer")
+    tokens = data.tokenize_corpus(files, tokenizer, cache)
+    if len(tokens) == 0:
+        raise ValueError(f"the corpus {config.data.corpus!r} holds no tokens")
+    batches = data.training_batches(tokens, config.data.seq_len, config.batch_size, config.seed)
+
+    optimizer, schedule, adam = optimizer_of(config)
+    params = None
+    if config.init_from:
+        hf_config, params = convert.load_hf_checkpoint(config.init_from)
+        if hf_config.replace(dtype=model_config.dtype, attention=model_config.attention,
+                             init_in=model_config.init_in, init_out=model_config.init_out) != model_config:
+            raise ValueError(f"config.model does not match the checkpoint {config.init_from!r}: {hf_config}")
+    state = create_train_state(model_config, optimizer, jax.random.key(config.seed), params)
+    names = matrix_names(state.params)
+    weight_decay = jax.tree.map(lambda on: config.optimizer.weight_decay if on else 0.0,
+                                optim.matrices_decay(state.params))
+    step_fn = make_train_step(model_config, optimizer, schedule, weight_decay, adam, config.record_forces)
+
+    run = records.RunRecords(workdir, config, names)
+    manager = checkpoints.Checkpoints(os.path.join(workdir, "checkpoints"))
+    iterator = iter(batches)
+    state, resumed = manager.restore_latest(state, iterator)
+    run.start(resumed)
+    if resumed:
+        logging.info("resumed from the checkpoint at step %d", resumed)
+
+    stop = {"signal": None}
+    previous_handler = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
+    sizes = np.asarray([w.size for w in tree.named_leaves(state.params)[1]], np.float64)
+    pending: list[dict] = []
+    clock = time.perf_counter()
+
+    def log() -> None:
+        nonlocal pending, clock
+        window = _drain(pending)
+        pending = []
+        bad = _first_non_finite(window, names)
+        if bad:
+            raise NonFiniteError(f"non-finite values at {bad}; last good checkpoint: "
+                                 f"{manager.latest_step() or 'none'} in {manager.directory}")
+        sq_norms = np.asarray(matrix_sq_norms(state.params))
+        now = time.perf_counter()
+        run.log(window, sq_norms, sizes, (now - clock) / window["step"].size,
+                config.batch_size * config.data.seq_len, config.steps)
+        clock = now
+
+    done = resumed  # the host's count of steps taken: reading state.step would wait for the device
+    try:
+        while done < config.steps and stop["signal"] is None:
+            state, metrics = step_fn(state, jnp.asarray(next(iterator)))
+            done += 1
+            pending.append({"step": done, **metrics})
+            if done % config.log_every == 0 or done == config.steps:
+                log()
+                if done % config.ckpt_every == 0 or done == config.steps:
+                    manager.save(done, state, iterator)
+                    run.flush_forces(done)
+        if stop["signal"] is not None:
+            if pending:
+                log()
+            manager.save(done, state, iterator)
+            run.flush_forces(done)
+            logging.info("SIGTERM: saved the checkpoint at step %d and stopped", done)
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+        manager.close()
+    summary = records.summarize(run, state.params)
+    run.close(summary)
+    return summary

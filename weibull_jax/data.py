@@ -1,0 +1,146 @@
+"""Corpora, tokenizers and the grain pipeline of contiguous token chunks (arXiv 2606.19367 §2.4, App. C).
+
+A corpus is a list of local files: plain text (``.txt``, ``.rst``, ``.md``, anything else read as text),
+JSON lines (``.jsonl``, the ``text`` field) or parquet (``.parquet``, the ``text`` column; needs pyarrow).
+It is tokenized once into a flat ``uint16``/``uint32`` file in a cache folder and memory-mapped from
+there; the cache key is the files' names, sizes and modification times and the tokenizer's hash.
+
+The tokenizer is the user's ``tokenizer.json`` (e.g. GPT-NeoX's) or a byte-level BPE that ``tokenizers``
+trains on the corpus and caches. Training batches are non-overlapping contiguous chunks of ``seq_len``
+tokens (the paper's protocol), shuffled by seed, epoch after epoch; the grain iterator's state goes into
+every checkpoint.
+
+The default corpus is the reStructuredText source of the Python 3.11 documentation as Debian ships it
+(package ``python3.11-doc``: 512 files, 11 MB of English prose and examples; PSF license), so that the
+default run needs nothing from the network beyond a package registry.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+from typing import Iterator
+
+import grain
+import numpy as np
+
+DEFAULT_CORPUS = "/usr/share/doc/python3.11/html/_sources"
+DEFAULT_CORPUS_PACKAGE = "python3.11-doc"
+_EOS = "<|endoftext|>"
+
+
+def corpus_files(spec: str) -> list[str]:
+    """The files of a corpus spec: ``"default"``, a folder (every file below it), a glob, or a comma list."""
+    if spec == "default":
+        if not os.path.isdir(DEFAULT_CORPUS):
+            raise FileNotFoundError(f"the default corpus {DEFAULT_CORPUS} is missing: install it with "
+                                    f"`apt-get install {DEFAULT_CORPUS_PACKAGE}` or give --config.data.corpus")
+        spec = DEFAULT_CORPUS
+    files: list[str] = []
+    for part in spec.split(","):
+        part = os.path.expanduser(part.strip())
+        if os.path.isdir(part):
+            files += [p for p in glob.glob(os.path.join(part, "**", "*"), recursive=True) if os.path.isfile(p)]
+        else:
+            files += [p for p in glob.glob(part) if os.path.isfile(p)]
+    if not files:
+        raise FileNotFoundError(f"corpus {spec!r} names no files")
+    return sorted(files)
+
+
+def read_documents(path: str) -> Iterator[str]:
+    """The documents of one file: the whole text, each JSON line's ``text``, or each parquet row's."""
+    if path.endswith(".jsonl"):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    yield json.loads(line)["text"]
+    elif path.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        yield from pq.read_table(path, columns=["text"]).column("text").to_pylist()
+    else:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            yield f.read()
+
+
+def _fingerprint(files: list[str], *extra: str) -> str:
+    h = hashlib.sha256()
+    for p in files:
+        st = os.stat(p)
+        h.update(f"{os.path.abspath(p)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    for e in extra:
+        h.update(e.encode())
+    return h.hexdigest()[:16]
+
+
+def load_tokenizer(path: str, files: list[str], vocab_size: int, cache_dir: str):
+    """A ``tokenizers.Tokenizer``: from ``path`` (a tokenizer.json), else a byte-level BPE trained on ``files``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    if path:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"tokenizer file {path!r} does not exist")
+        return Tokenizer.from_file(path)
+    cached = os.path.join(cache_dir, f"bpe-{vocab_size}-{_fingerprint(files)}.json")
+    if os.path.isfile(cached):
+        return Tokenizer.from_file(cached)
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[_EOS],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator((d for p in files for d in read_documents(p)), trainer)
+    os.makedirs(cache_dir, exist_ok=True)
+    tokenizer.save(cached + ".tmp")
+    os.replace(cached + ".tmp", cached)
+    return tokenizer
+
+
+def tokenize_corpus(files: list[str], tokenizer, cache_dir: str) -> np.ndarray:
+    """All non-blank documents' tokens, each followed by the end-of-text token, memory-mapped from the cache."""
+    vocab = tokenizer.get_vocab_size()
+    dtype = np.uint16 if vocab <= 2 ** 16 else np.uint32
+    cached = os.path.join(cache_dir, f"tokens-{_fingerprint(files, tokenizer.to_str())}.{np.dtype(dtype).name}")
+    if not os.path.isfile(cached):
+        eos = tokenizer.token_to_id(_EOS)
+        chunks = []
+        for p in files:
+            docs = [d for d in read_documents(p) if d.strip()]
+            for enc in tokenizer.encode_batch(docs):
+                chunks.append(np.asarray(enc.ids + ([eos] if eos is not None else []), dtype))
+        tokens = np.concatenate(chunks) if chunks else np.zeros(0, dtype)
+        os.makedirs(cache_dir, exist_ok=True)
+        tokens.tofile(cached + ".tmp")
+        os.replace(cached + ".tmp", cached)
+    if os.path.getsize(cached) == 0:
+        return np.zeros(0, dtype)
+    return np.memmap(cached, dtype=dtype, mode="r")
+
+
+class ChunkSource(grain.sources.RandomAccessDataSource):
+    """Chunk i = tokens[i·seq_len : (i + 1)·seq_len], non-overlapping; a trailing partial chunk is dropped."""
+
+    def __init__(self, tokens: np.ndarray, seq_len: int):
+        self._tokens = tokens
+        self._seq_len = seq_len
+
+    def __len__(self) -> int:
+        return len(self._tokens) // self._seq_len
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        start = index * self._seq_len
+        return np.asarray(self._tokens[start:start + self._seq_len], np.int32)
+
+
+def training_batches(tokens: np.ndarray, seq_len: int, batch_size: int, seed: int) -> grain.IterDataset:
+    """Endless (batch_size, seq_len) int32 batches: every epoch a new permutation of the chunks (by seed)."""
+    source = ChunkSource(tokens, seq_len)
+    if len(source) < batch_size:
+        raise ValueError(f"the corpus has {len(tokens)} tokens: {len(source)} chunks of {seq_len}, fewer than "
+                         f"one batch of {batch_size}")
+    dataset = grain.MapDataset.source(source).repeat(None).shuffle(seed=seed)
+    return dataset.batch(batch_size, drop_remainder=True).to_iter_dataset(
+        grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))

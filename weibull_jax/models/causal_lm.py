@@ -1,0 +1,50 @@
+"""The decoder-only language model around a family's block: embed → L blocks → final norm → untied head.
+
+``CausalLM(config).apply({"params": params}, tokens)`` is a pure function of the parameter tree, which
+reads (GPT-NeoX)::
+
+    embed.embedding (V, d)
+    layers_{i}.input_norm.{scale,bias}   layers_{i}.post_attention_norm.{scale,bias}
+    layers_{i}.attention.qkv.{kernel (d, 3d), bias}   layers_{i}.attention.o.{kernel, bias}
+    layers_{i}.mlp.ffn_in.{kernel, bias}   layers_{i}.mlp.ffn_out.{kernel, bias}
+    final_norm.{scale,bias}   unembed.kernel (d, V)
+
+and for LLaMA ``attention_norm``/``mlp_norm`` (scale only), ``attention.{q,k,v,o}``, ``mlp.{gate,up,down}``,
+all without biases. Blocks are separate subtrees (not a scanned stack) so that every matrix keeps the name
+and the block index that :mod:`weibull_jax.taxonomy` reads.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from weibull_jax.models import layers, llama, neox
+from weibull_jax.models.presets import ModelConfig
+
+_FAMILY = {"gpt_neox": (neox.NeoXBlock, neox.final_norm), "llama": (llama.LlamaBlock, llama.final_norm)}
+
+
+class CausalLM(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        """Logits (batch, seq, vocab) in the compute dtype for int tokens (batch, seq)."""
+        c = self.config
+        block, final_norm = _FAMILY[c.family]
+        s_in, _ = layers.init_stddevs(c)
+        x = nn.Embed(c.vocab_size, c.d_model, param_dtype=jnp.float32,
+                     embedding_init=nn.initializers.normal(s_in), name="embed")(tokens)
+        positions = jnp.arange(tokens.shape[-1])
+        for i in range(c.n_layers):
+            x = block(c, name=f"layers_{i}")(x, positions)
+        x = final_norm(c)(x)
+        return layers.projection(c, c.vocab_size, s_in, False, "unembed")(x)
+
+
+def init_params(config: ModelConfig, key: jax.Array) -> dict:
+    """A fresh parameter tree (float32) under the config's init recipes."""
+    tokens = jnp.zeros((1, 8), jnp.int32)
+    return jax.jit(CausalLM(config).init)(key, tokens)["params"]

@@ -1,0 +1,104 @@
+r"""The pieces both model families share: rotary embeddings, causal attention, projections, the LM loss.
+
+Mixed precision follows ``torch.autocast``: parameters and the residual stream stay float32; projections
+and attention run in the config's compute dtype; norms and softmax statistics are computed in float32.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from weibull_jax import anchor
+from weibull_jax.models.presets import ModelConfig
+
+
+def compute_dtype(config: ModelConfig) -> jnp.dtype:
+    return jnp.dtype(config.dtype)
+
+
+def init_stddevs(config: ModelConfig) -> tuple[float, float]:
+    """(σ_in, σ_out): the initial standard deviations of input- and output-side matrices (App. A.3)."""
+    return (anchor.init_sigma(config.init_in, config.d_model, config.n_layers),
+            anchor.init_sigma(config.init_out, config.d_model, config.n_layers))
+
+
+def projection(config: ModelConfig, features: int, stddev: float, use_bias: bool, name: str) -> nn.Dense:
+    """A linear map ``x @ kernel (+ bias)``, kernel (in, out) drawn from N(0, stddev²), bias from 0."""
+    return nn.Dense(features, use_bias=use_bias, dtype=compute_dtype(config), param_dtype=jnp.float32,
+                    kernel_init=nn.initializers.normal(stddev), name=name)
+
+
+def rotary(x: jax.Array, positions: jax.Array, rotary_dim: int, base: float) -> jax.Array:
+    r"""Rotary position embedding on the first ``rotary_dim`` dimensions of each head (GPT-NeoX layout).
+
+    With θ_j = base^{−2j/r} and x = [x₁ | x₂] the two halves of the rotated part,
+    x ↦ x·cos(pθ) + [−x₂ | x₁]·sin(pθ); the remaining dimensions pass through. x: (batch, seq, heads, dim).
+    """
+    if rotary_dim == 0:
+        return x
+    inv_freq = 1.0 / base ** (jnp.arange(0, rotary_dim, 2, dtype=jnp.float32) / rotary_dim)
+    angles = positions.astype(jnp.float32)[:, None] * inv_freq[None, :]
+    angles = jnp.concatenate([angles, angles], axis=-1)[None, :, None, :]
+    turned, passed = x[..., :rotary_dim].astype(jnp.float32), x[..., rotary_dim:]
+    half = rotary_dim // 2
+    rotated = jnp.concatenate([-turned[..., half:], turned[..., :half]], axis=-1)
+    turned = turned * jnp.cos(angles) + rotated * jnp.sin(angles)
+    return jnp.concatenate([turned.astype(x.dtype), passed], axis=-1)
+
+
+def causal_attention(config: ModelConfig, q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """softmax(q kᵀ/√d_head + causal mask) v, heads (B, T, N, H); k, v may have fewer heads (GQA/MQA)."""
+    implementation = config.attention
+    if implementation == "auto":
+        half = compute_dtype(config) in (jnp.bfloat16, jnp.float16)
+        implementation = "cudnn" if half and jax.default_backend() == "gpu" else "xla"
+    return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=implementation)
+
+
+@jax.custom_vjp
+def token_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """−log softmax(logits)[target] per position, float32, for logits of any dtype (..., vocab).
+
+    The gradient, (softmax(logits) − onehot(target))·ḡ, is formed in one pass over the logits and returned
+    in their dtype: autodiff of the float32 formula would write it in float32 and convert it in a second
+    pass over the largest tensor of a small model's step (2 × 1.2 ms of 14 ms for Pythia-70M on an H100).
+    """
+    return _cross_entropy_forward(logits, targets)[0]
+
+
+def _cross_entropy_forward(logits, targets):
+    log_z = jax.nn.logsumexp(logits.astype(jnp.float32), axis=-1)
+    picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0].astype(jnp.float32)
+    return log_z - picked, (logits, targets, log_z)
+
+
+def _cross_entropy_backward(residuals, g):
+    logits, targets, log_z = residuals
+    probs = jnp.exp(logits.astype(jnp.float32) - log_z[..., None])
+    onehot = jnp.arange(logits.shape[-1]) == targets[..., None]
+    return ((probs - onehot) * g[..., None]).astype(logits.dtype), None
+
+
+token_cross_entropy.defvjp(_cross_entropy_forward, _cross_entropy_backward)
+
+
+def rotary_attention(config: ModelConfig, q: jax.Array, k: jax.Array, v: jax.Array,
+                     positions: jax.Array) -> jax.Array:
+    """Rotary embeddings on q and k, causal attention, heads merged: (B, T, N, H) → (B, T, N·H)."""
+    q = rotary(q, positions, config.rotary_dim, config.rope_base)
+    k = rotary(k, positions, config.rotary_dim, config.rope_base)
+    out = causal_attention(config, q, k, v)
+    return out.reshape(*out.shape[:-2], -1)
+
+
+def next_token_loss(logits: jax.Array, tokens: jax.Array) -> jax.Array:
+    """Mean cross-entropy of predicting ``tokens[:, t+1]`` from ``logits[:, t]``, t < T − 1.
+
+    Written as a masked mean over all T positions (the target of the last one is a dummy) rather than on
+    ``logits[:, :-1]``: the slice's gradient would be a padded copy of the whole (batch, T, vocab) gradient.
+    """
+    loss = token_cross_entropy(logits, jnp.roll(tokens, -1, axis=-1))
+    scored = jnp.arange(tokens.shape[-1]) < tokens.shape[-1] - 1
+    return jnp.sum(jnp.where(scored, loss, 0.0)) / (loss.size - loss.size // tokens.shape[-1])
