@@ -14,7 +14,7 @@ import time
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import app
 from ml_collections import config_flags
 
 from weibull_jax import anchor, framework, models

@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 
 import weibull_jax
-from weibull_jax import anchor, framework, models, reference, taxonomy
+from weibull_jax import framework, models, reference, taxonomy
 
 
 @pytest.mark.parametrize("k,r2,is_init", [

@@ -24,7 +24,7 @@ def cache(tmp_path_factory):
 
 
 def _command(workdir, cache, *flags):
-    return [sys.executable, "-m", "train.main", "--config=configs/default.py", f"--workdir={workdir}",
+    return [sys.executable, "-m", "train.main", f"--config={ROOT}/configs/default.py", f"--workdir={workdir}",
             f"--config.data.cache_dir={cache}", *flags]
 
 
@@ -65,7 +65,10 @@ def test_default_config_runs_50_steps_and_its_budget_closes(tmp_path, cache):
 def test_resume_after_a_hard_kill_is_bit_identical(tmp_path, cache):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     assert subprocess.run(_small(straight, cache), cwd=ROOT, capture_output=True, timeout=900).returncode == 0
-    proc = subprocess.Popen(_small(killed, cache), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # the killed run's directory is given relative to its working directory
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    proc = subprocess.Popen(_small("killed", cache), cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     deadline = time.time() + 900
     while not (killed / "checkpoints" / "20" / "commit_success.txt").exists() and proc.poll() is None:
         assert time.time() < deadline
@@ -73,7 +76,8 @@ def test_resume_after_a_hard_kill_is_bit_identical(tmp_path, cache):
     proc.kill()  # SIGKILL: no cleanup, whatever was in flight is lost
     proc.wait()
     assert not (killed / "checkpoints" / "40").exists()
-    out = subprocess.run(_small(killed, cache), cwd=ROOT, capture_output=True, text=True, timeout=900)
+    out = subprocess.run(_small("killed", cache), cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "resumed from the checkpoint at step" in out.stderr
     a, b = _metrics(straight), _metrics(killed)

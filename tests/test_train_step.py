@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from train import train
-from weibull_jax import models, optim
+from weibull_jax import models, optim, tree
 
 WD = 0.1
 
@@ -28,18 +28,13 @@ def test_step_records_a_closing_budget_for_every_matrix(name):
         cosine = 0.1 + 0.9 * (1 + np.cos(np.pi * (t - 5) / 95)) / 2
         assert abs(float(metrics["lr"]) - 3e-3 * (t / 5 if t < 5 else cosine)) < 1e-9
         after = jax.tree.map(lambda x: np.asarray(x, np.float64), state.params)
-        f = metrics["forces"]
-        assert f["layers_0"]["input_norm"]["scale"] is None  # vectors carry no budget by default
-        for path, w in jax.tree_util.tree_flatten_with_path(before)[0]:
-            if w.ndim < 2:
-                continue
-            leaf_f = f
-            for key in path:
-                leaf_f = leaf_f[key.key]
-            w1 = after
-            for key in path:
-                w1 = w1[key.key]
-            change = np.sum(w1 ** 2) - np.sum(w ** 2)
-            assert abs(float(leaf_f.total()) - change) <= 2e-6 * np.sum(w ** 2), (t, path)
+        table = np.asarray(metrics["forces"], np.float64)  # (matrices, 5), rows in matrix_names order
+        names = train.matrix_names(state.params)
+        assert table.shape == (len(names), 5) and len(names) == 2 * 4 + 2
+        _, w0, _, _ = tree.named_leaves(before)
+        _, w1, _, _ = tree.named_leaves(after)
+        for name, row, a, b in zip(names, table, w0, w1):
+            change = np.sum(b ** 2) - np.sum(a ** 2)
+            assert abs(row.sum() - change) <= 2e-6 * np.sum(a ** 2), (t, name)
     assert losses[-1] < losses[0] - 0.1
     assert int(state.step) == 8

@@ -9,22 +9,24 @@ from __future__ import annotations
 
 from typing import Any
 
-import grain
 import jax
 import orbax.checkpoint as ocp
 
 
 class Checkpoints:
-    def __init__(self, directory: str):
+    def __init__(self, directory: str, keep: int = 0):
+        """``keep``: how many of the latest checkpoints to keep (0: all)."""
         self.directory = directory
-        self._manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=True))
+        self._manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
+            create=True, max_to_keep=keep or None))
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
-    def save(self, step: int, state: Any, iterator: Any) -> None:
+    def save(self, step: int, state: Any, data_state: dict) -> None:
+        """Saves ``state`` and the data iterator's ``get_state()`` taken at the same step."""
         self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                        data=grain.checkpoint.CheckpointSave(iterator)))
+                                                        data=ocp.args.JsonSave(data_state)))
 
     def restore_latest(self, state: Any, iterator: Any) -> tuple[Any, int]:
         """(state, step) of the latest checkpoint, the iterator moved to its position; (state, 0) if none."""
@@ -34,7 +36,8 @@ class Checkpoints:
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
         try:
             restored = self._manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract), data=grain.checkpoint.CheckpointRestore(iterator)))
+                state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
+            iterator.set_state(restored.data)
         except Exception as e:  # orbax raises many types for unreadable files
             raise ValueError(f"the checkpoint at step {step} in {self.directory} cannot be read "
                              f"({type(e).__name__}: {e}); move it away to resume from an earlier one") from e

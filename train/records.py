@@ -132,13 +132,16 @@ def _clock(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
-def force_shares(workdir: str) -> dict[str, dict[str, float]]:
-    """Per class (and ``all``): each term's share of Σ(|alignment| + |injection| + |decay|) over the run,
-    from the per-matrix files; ``higher_order`` is (|cross| + |wd2|) on the same scale."""
+def force_shares(workdir: str, first: int = 1, last: int | None = None) -> dict[str, dict[str, float]]:
+    """Per class (and ``all``): each term's share of Σ(|alignment| + |injection| + |decay|) over steps
+    [first, last] (default: the whole run), from the per-matrix files; ``higher_order`` is (|cross| + |wd2|)
+    on the same scale."""
     totals: dict[str, np.ndarray] = {}
     for path in sorted(glob.glob(os.path.join(workdir, "forces", "*.npz"))):
         with np.load(path) as f:
-            absolute = np.abs(f["forces"].astype(np.float64)).sum(axis=0)  # (m, 5)
+            steps = f["steps"]
+            window = (steps >= first) & (steps <= (last if last is not None else steps.max()))
+            absolute = np.abs(f["forces"][window].astype(np.float64)).sum(axis=0)  # (m, 5)
             for key, v in {**_grouped(absolute, list(f["names"]), "class"), "all": absolute.sum(0)}.items():
                 totals[key] = totals.get(key, 0.0) + v
     shares = {}

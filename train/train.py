@@ -15,8 +15,8 @@ optimizer state, the step and the data iterator, from which a restarted run cont
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
-import json
 import os
 import signal
 import time
@@ -168,6 +168,7 @@ def _first_non_finite(window: dict[str, np.ndarray], names: list[str]) -> str | 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains (or resumes) the run in ``workdir``; returns the final summary."""
     check_config(config)
+    workdir = os.path.abspath(workdir)  # orbax's commits need an absolute path
     model_config = model_config_of(config)
     files = data.corpus_files(config.data.corpus)
     cache = os.path.expanduser(config.data.cache_dir)
@@ -194,7 +195,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     step_fn = make_train_step(model_config, optimizer, schedule, weight_decay, adam, config.record_forces)
 
     run = records.RunRecords(workdir, config, names)
-    manager = checkpoints.Checkpoints(os.path.join(workdir, "checkpoints"))
+    manager = checkpoints.Checkpoints(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
     iterator = iter(batches)
     state, resumed = manager.restore_latest(state, iterator)
     run.start(resumed)
@@ -204,42 +205,56 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     stop = {"signal": None}
     previous_handler = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
     sizes = np.asarray([w.size for w in tree.named_leaves(state.params)[1]], np.float64)
-    pending: list[dict] = []
-    clock = time.perf_counter()
+    # The host never waits for the device inside the loop: each log interval's metrics, and each checkpoint
+    # (of an on-device copy of the state, which the next step's donation cannot touch), are fetched and
+    # written by one worker thread, in order, while the main thread keeps dispatching steps.
+    worker = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    in_flight: list[tuple[bool, concurrent.futures.Future]] = []  # (holds a checkpoint, its task)
+    clock = [time.perf_counter()]
 
-    def log() -> None:
-        nonlocal pending, clock
+    def record(pending, sq_norms, snapshot, data_state):
         window = _drain(pending)
-        pending = []
         bad = _first_non_finite(window, names)
         if bad:
             raise NonFiniteError(f"non-finite values at {bad}; last good checkpoint: "
                                  f"{manager.latest_step() or 'none'} in {manager.directory}")
-        sq_norms = np.asarray(matrix_sq_norms(state.params))
         now = time.perf_counter()
-        run.log(window, sq_norms, sizes, (now - clock) / window["step"].size,
+        run.log(window, np.asarray(sq_norms), sizes, (now - clock[0]) / window["step"].size,
                 config.batch_size * config.data.seq_len, config.steps)
-        clock = now
+        clock[0] = now
+        if snapshot is not None:
+            step = int(window["step"][-1])
+            manager.save(step, snapshot, data_state)
+            run.flush_forces(step)
+
+    def submit(pending, checkpoint: bool) -> None:
+        snapshot = jax.tree.map(jnp.copy, state) if checkpoint else None
+        data_state = iterator.get_state() if checkpoint else None
+        in_flight.append((checkpoint, worker.submit(record, pending, matrix_sq_norms(state.params), snapshot,
+                                                    data_state)))
+        # wait only to bound the device memory held by snapshots (two checkpoints in flight at most)
+        while in_flight and (in_flight[0][1].done() or sum(c for c, _ in in_flight) > 2):
+            in_flight.pop(0)[1].result()  # re-raises the worker's NonFiniteError here
 
     done = resumed  # the host's count of steps taken: reading state.step would wait for the device
+    pending: list[dict] = []
     try:
         while done < config.steps and stop["signal"] is None:
             state, metrics = step_fn(state, jnp.asarray(next(iterator)))
             done += 1
             pending.append({"step": done, **metrics})
             if done % config.log_every == 0 or done == config.steps:
-                log()
-                if done % config.ckpt_every == 0 or done == config.steps:
-                    manager.save(done, state, iterator)
-                    run.flush_forces(done)
+                submit(pending, done % config.ckpt_every == 0 or done == config.steps)
+                pending = []
+        if stop["signal"] is not None and pending:
+            submit(pending, checkpoint=True)
+        while in_flight:
+            in_flight.pop(0)[1].result()
         if stop["signal"] is not None:
-            if pending:
-                log()
-            manager.save(done, state, iterator)
-            run.flush_forces(done)
             logging.info("SIGTERM: saved the checkpoint at step %d and stopped", done)
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
+        worker.shutdown(wait=True, cancel_futures=True)
         manager.close()
     summary = records.summarize(run, state.params)
     run.close(summary)
