@@ -141,7 +141,7 @@ def test_group_sums_by_class_kind_block_and_the_norm_bridge():
     params = models.init_params(config, jax.random.key(0))
     u = jax.tree.map(lambda w: jnp.cos(w * 100.0), params)  # any direction
     f = forces.adamw_forces(params, optax.ScaleByAdamState(jnp.ones((), jnp.int32), u, jax.tree.map(
-        jnp.ones_like, u)), 0.01, 0.1, b1=0.0, b2=0.0, eps=0.0, select=forces.is_matrix)
+        jnp.ones_like, u)), 0.01, 0.1, b1=0.0, b2=0.0, eps=0.0, select=tree.is_matrix)
     assert f["final_norm"]["scale"] is None and f["layers_0"]["attention"]["q"]["kernel"] is not None
     by_class = jax.jit(lambda f: forces.group_sums(f, "class"))(f)
     names, leaves, _, _ = tree.named_leaves(params)

@@ -78,9 +78,9 @@ def make_train_step(model_config: models.ModelConfig, optimizer: optax.GradientT
         if record_forces:
             if adam is not None:
                 budget = forces.adamw_forces(state.params, opt_state, lr, weight_decay, **adam,
-                                             select=forces.is_matrix)
+                                             select=tree.is_matrix)
             else:
-                budget = forces.forces_from_update(state.params, updates, lr, weight_decay, select=forces.is_matrix)
+                budget = forces.forces_from_update(state.params, updates, lr, weight_decay, select=tree.is_matrix)
             rows = jax.tree.leaves(budget, is_leaf=lambda x: isinstance(x, forces.Forces))
             metrics["forces"] = jnp.stack([jnp.stack(f) for f in rows])
         params = optax.apply_updates(state.params, updates)
@@ -92,7 +92,7 @@ def make_train_step(model_config: models.ModelConfig, optimizer: optax.GradientT
 @jax.jit
 def matrix_sq_norms(params: Any) -> jax.Array:
     """‖w‖² of every matrix, in :func:`matrix_names` order."""
-    return jnp.stack([jnp.sum(jnp.square(w.astype(jnp.float32))) for w in tree.named_leaves(params)[1]])
+    return jnp.stack([s.sq_norm for s in forces.norm_stats(tree.named_leaves(params)[1])])
 
 
 def _drain(pending: list[dict]) -> dict[str, np.ndarray]:
@@ -111,7 +111,7 @@ def model_config_of(config: ml_collections.ConfigDict) -> models.ModelConfig:
 
 
 def optimizer_of(config: ml_collections.ConfigDict):
-    """(optimizer, schedule, λ_wd tree function, adam constants or None) from ``config.optimizer``."""
+    """(optimizer, schedule, Adam constants or None) from ``config.optimizer``."""
     o = config.optimizer
     schedule = optim.learning_rate_schedule(o.schedule, o.lr, config.steps, o.warmup_steps, o.floor,
                                             o.decay_fraction, tuple(o.milestones), o.gamma)

@@ -75,11 +75,6 @@ def forces_from_direction(w: jax.Array, u: jax.Array, lr: Any, weight_decay: Any
     return Forces(-2.0 * lr * wu, lr * lr * uu, -2.0 * lr * wd * ww, 2.0 * lr * lr * wd * wu, (lr * wd) ** 2 * ww)
 
 
-def is_matrix(w: jax.Array) -> bool:
-    """The leaves the papers budget: arrays with two or more axes (matrices and stacks of them)."""
-    return jnp.ndim(w) >= 2
-
-
 def _map_leaves(fn, params: Any, weight_decay: Any, select, *trees: Any) -> Any:
     """``fn(w, wd, *rest)`` on the leaves ``select`` keeps (None on the others), λ_wd a number or a tree."""
     if isinstance(weight_decay, (int, float)) or jax.tree.structure(weight_decay) != jax.tree.structure(params):
@@ -136,7 +131,7 @@ def adamw_forces(params: Any, opt_state: Any, lr: Any, weight_decay: Any, b1: fl
       lr: the learning rate of this step (the schedule's value at the step's count − 1).
       weight_decay: λ_wd, a number or a tree like ``params`` (0 where the decay mask is off).
       b1, b2, eps: the Adam constants the optimizer was built with.
-      select: which leaves to budget (e.g. :func:`is_matrix`); None on the others. Default: all.
+      select: which leaves to budget (e.g. :func:`weibull_jax.tree.is_matrix`); None on the others. Default: all.
 
     Then ``‖params_after‖² − ‖params‖² == Forces.total()`` leaf by leaf, to float rounding. Pure and jit-able.
     """

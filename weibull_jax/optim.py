@@ -27,7 +27,6 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import optax
 
 from weibull_jax import taxonomy
@@ -63,7 +62,7 @@ def learning_rate_schedule(kind: str, peak: float, total_steps: int, warmup_step
 
 def matrices_decay(params: Any) -> Any:
     """Default decay mask: weight decay on every array with two or more axes, none on vectors (norms, biases)."""
-    return jax.tree.map(lambda x: jnp.ndim(x) >= 2, params)
+    return jax.tree.map(tree_lib.is_matrix, params)
 
 
 def hidden_matrices(params: Any) -> Any:

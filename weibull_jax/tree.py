@@ -27,10 +27,15 @@ def path_name(path: Path) -> str:
     return ".".join(key_name(k) for k in path)
 
 
-def is_weight_matrix(path: Path, leaf: Any) -> bool:
-    """Default selection: every array with two or more axes (a matrix, or a stack of matrices)."""
-    del path
+def is_matrix(leaf: Any) -> bool:
+    """An array with two or more axes: a matrix, or a stack of matrices (what the papers diagnose)."""
     return getattr(leaf, "ndim", 0) >= 2
+
+
+def is_weight_matrix(path: Path, leaf: Any) -> bool:
+    """Default selection of :func:`named_leaves`: :func:`is_matrix`, whatever the path."""
+    del path
+    return is_matrix(leaf)
 
 
 def named_leaves(params: Any, select: Callable[[Path, Any], bool] = is_weight_matrix):
