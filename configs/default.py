@@ -38,6 +38,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.steps = 200
     config.log_every = 10
     config.ckpt_every = 100
+    config.snapshot_every = 20  # weights only, for the series analysis (python -m analysis.main); 0: none
     config.keep_checkpoints = 0  # the latest N full checkpoints (weights + optimizer state); 0: all
     config.record_forces = True
     config.init_from = ""  # a HuggingFace checkpoint folder to continue training from (fresh optimizer)

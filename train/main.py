@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging as python_logging
 import os
+import sys
 
 import jax
 from absl import app, flags, logging
@@ -36,7 +37,10 @@ def main(argv):
     workdir = _WORKDIR.value or os.path.join("runs", os.path.splitext(os.path.basename(
         flags.FLAGS["config"].config_filename))[0])
     logging.info("JAX %s on %s; run directory %s", jax.__version__, jax.devices(), workdir)
-    train.train_and_evaluate(config, workdir)
+    try:
+        train.train_and_evaluate(config, workdir)
+    except (ValueError, train.NonFiniteError) as e:  # bad inputs and diverged runs: one message, no traceback
+        sys.exit(f"train.main: {e}")
 
 
 if __name__ == "__main__":

@@ -153,8 +153,9 @@ def force_shares(workdir: str, first: int = 1, last: int | None = None) -> dict[
     return shares
 
 
-def summarize(run: RunRecords, params) -> dict:
-    """Final loss, force shares per class, and the Weibull k and λ per class (medians over matrices)."""
+def summarize(run: RunRecords, params, throughput: dict | None = None) -> dict:
+    """Final loss, force shares per class, the Weibull k and λ per class (medians over matrices), and the
+    whole-program throughput from the first log step to the last write (everything after compilation)."""
     names = run.names
     _, leaves, _, _ = tree.named_leaves(params)
     fits = weibull_jax.fit_weibull_tree(dict(zip(names, leaves)))
@@ -165,8 +166,11 @@ def summarize(run: RunRecords, params) -> dict:
                                  "k_median": float(np.median([fits[n].k for n in members])),
                                  "scale_median": float(np.median([fits[n].scale for n in members]))}
     summary = {"step": run.last.get("step"), "loss": run.last.get("loss"),
-               "force_shares": force_shares(run.workdir), "weibull": weibull_by_class}
+               "force_shares": force_shares(run.workdir), "weibull": weibull_by_class, "throughput": throughput}
     lines = [f"run {run.workdir}: step {summary['step']}, loss {summary['loss']:.4f}"]
+    if throughput:
+        lines.append(f"  throughput {throughput['tokens_per_s']:,.0f} tokens/s over the last {throughput['steps']} "
+                     f"steps ({throughput['seconds']:.1f} s, data, logging, snapshots and checkpoints included)")
     for key, s in summary["force_shares"].items():
         lines.append(f"  forces {key:<13} alignment {s['alignment']:6.1%}  injection {s['injection']:6.1%}  "
                      f"decay {s['decay']:6.1%}  (higher-order {s['higher_order']:.1e})")

@@ -9,14 +9,15 @@ any other optimizer (``forces_from_update``). Nothing leaves the device until a 
 The loop (:func:`train_and_evaluate`) writes the run directory: ``config.json``; ``metrics.jsonl`` and
 TensorBoard events every ``log_every`` steps (loss, LR, gradient norm, tokens/s, forces and norms per
 class, kind and block, averaged over the interval); at every checkpoint ``forces/{step}.npz`` with the
-per-step, per-matrix budget since the previous one; and orbax checkpoints of the parameters, the full
-optimizer state, the step and the data iterator, from which a restarted run continues bit-identically.
+per-step, per-matrix budget since the previous one; every ``snapshot_every`` steps (and at step 0) the
+weights as one flat file in ``snapshots/`` (``weibull_jax.snapshots``: what the series analysis reads); and
+orbax checkpoints of the parameters, the full optimizer state, the step and the data iterator, from which a
+restarted run continues bit-identically.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
 import os
 import signal
 import time
@@ -31,7 +32,7 @@ import optax
 from absl import logging
 
 from train import checkpoints, records
-from weibull_jax import convert, data, forces, models, optim, tree
+from weibull_jax import convert, data, forces, models, optim, snapshots, tree
 
 
 @flax.struct.dataclass
@@ -103,11 +104,7 @@ def _drain(pending: list[dict]) -> dict[str, np.ndarray]:
 
 
 def model_config_of(config: ml_collections.ConfigDict) -> models.ModelConfig:
-    fields = {f.name for f in dataclasses.fields(models.ModelConfig)}
-    unknown = set(config.model) - fields
-    if unknown:
-        raise ValueError(f"config.model has unknown fields {sorted(unknown)}; known: {sorted(fields)}")
-    return models.ModelConfig(**config.model.to_dict())
+    return models.config_from_fields(config.model.to_dict())
 
 
 def optimizer_of(config: ml_collections.ConfigDict):
@@ -128,6 +125,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     for name, value in positive.items():
         if not value > 0:
             raise ValueError(f"config.{name} must be positive, got {value!r}")
+    if config.snapshot_every < 0:
+        raise ValueError(f"config.snapshot_every must be >= 0 (0: no snapshots), got {config.snapshot_every}")
     if config.ckpt_every % config.log_every:
         raise ValueError(f"config.ckpt_every ({config.ckpt_every}) must be a multiple of config.log_every "
                          f"({config.log_every}): a checkpoint is written only after its interval is checked")
@@ -199,20 +198,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     iterator = iter(batches)
     state, resumed = manager.restore_latest(state, iterator)
     run.start(resumed)
+    snapshot_dir = os.path.join(workdir, "snapshots")
+    if config.snapshot_every and resumed:
+        snapshots.drop_after(snapshot_dir, resumed)
+    elif config.snapshot_every:
+        snapshots.write_layout(snapshot_dir, snapshots.layout_of(state.params))
     if resumed:
         logging.info("resumed from the checkpoint at step %d", resumed)
 
     stop = {"signal": None}
     previous_handler = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
     sizes = np.asarray([w.size for w in tree.named_leaves(state.params)[1]], np.float64)
-    # The host never waits for the device inside the loop: each log interval's metrics, and each checkpoint
-    # (of an on-device copy of the state, which the next step's donation cannot touch), are fetched and
-    # written by one worker thread, in order, while the main thread keeps dispatching steps.
+    # The host never waits for the device inside the loop: each log interval's metrics, each weight snapshot
+    # and each checkpoint (of an on-device copy of the state, which the next step's donation cannot touch)
+    # are fetched and written by one worker thread, in order, while the main thread keeps dispatching steps.
     worker = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-    in_flight: list[tuple[bool, concurrent.futures.Future]] = []  # (holds a checkpoint, its task)
-    clock = [time.perf_counter()]
+    in_flight: list[tuple[bool, concurrent.futures.Future]] = []  # (holds a copy of the weights, its task)
 
-    def record(pending, sq_norms, snapshot, data_state):
+    def enqueue(holds_copy: bool, task, *args) -> None:
+        in_flight.append((holds_copy, worker.submit(task, *args)))
+        # wait only to bound the device memory held by copies (two in flight at most)
+        while in_flight and (in_flight[0][1].done() or sum(c for c, _ in in_flight) > 2):
+            in_flight.pop(0)[1].result()  # re-raises the worker's NonFiniteError here
+
+    def snapshot(step: int) -> None:
+        if config.snapshot_every and (step % config.snapshot_every == 0 or step == config.steps):
+            enqueue(True, snapshots.write, snapshot_dir, step, snapshots.flatten(state.params))
+
+    if not resumed:
+        snapshot(0)
+    clock = [time.perf_counter()]
+    steady: dict = {}  # the clock and step at the first log, after compilation: whole-program throughput
+
+    def record(pending, sq_norms, copy, data_state):
         window = _drain(pending)
         bad = _first_non_finite(window, names)
         if bad:
@@ -222,19 +240,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         run.log(window, np.asarray(sq_norms), sizes, (now - clock[0]) / window["step"].size,
                 config.batch_size * config.data.seq_len, config.steps)
         clock[0] = now
-        if snapshot is not None:
+        steady.setdefault("start", (now, int(window["step"][-1])))
+        if copy is not None:
             step = int(window["step"][-1])
-            manager.save(step, snapshot, data_state)
+            manager.save(step, copy, data_state)
             run.flush_forces(step)
 
     def submit(pending, checkpoint: bool) -> None:
-        snapshot = jax.tree.map(jnp.copy, state) if checkpoint else None
+        copy = jax.tree.map(jnp.copy, state) if checkpoint else None
         data_state = iterator.get_state() if checkpoint else None
-        in_flight.append((checkpoint, worker.submit(record, pending, matrix_sq_norms(state.params), snapshot,
-                                                    data_state)))
-        # wait only to bound the device memory held by snapshots (two checkpoints in flight at most)
-        while in_flight and (in_flight[0][1].done() or sum(c for c, _ in in_flight) > 2):
-            in_flight.pop(0)[1].result()  # re-raises the worker's NonFiniteError here
+        enqueue(checkpoint, record, pending, matrix_sq_norms(state.params), copy, data_state)
 
     done = resumed  # the host's count of steps taken: reading state.step would wait for the device
     pending: list[dict] = []
@@ -243,6 +258,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             state, metrics = step_fn(state, jnp.asarray(next(iterator)))
             done += 1
             pending.append({"step": done, **metrics})
+            snapshot(done)
             if done % config.log_every == 0 or done == config.steps:
                 submit(pending, done % config.ckpt_every == 0 or done == config.steps)
                 pending = []
@@ -256,6 +272,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         signal.signal(signal.SIGTERM, previous_handler)
         worker.shutdown(wait=True, cancel_futures=True)
         manager.close()
-    summary = records.summarize(run, state.params)
+    throughput = None
+    if "start" in steady and done > steady["start"][1]:
+        seconds = time.perf_counter() - steady["start"][0]
+        throughput = {"steps": done - steady["start"][1], "seconds": seconds,
+                      "tokens_per_s": (done - steady["start"][1]) * config.batch_size * config.data.seq_len / seconds}
+    summary = records.summarize(run, state.params, throughput)
     run.close(summary)
     return summary

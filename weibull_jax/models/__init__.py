@@ -2,6 +2,6 @@
 
 from weibull_jax.models.causal_lm import CausalLM, init_params
 from weibull_jax.models.layers import next_token_loss
-from weibull_jax.models.presets import PRESETS, ModelConfig, preset
+from weibull_jax.models.presets import PRESETS, ModelConfig, config_from_fields, preset
 
-__all__ = ["CausalLM", "ModelConfig", "PRESETS", "init_params", "next_token_loss", "preset"]
+__all__ = ["CausalLM", "ModelConfig", "PRESETS", "config_from_fields", "init_params", "next_token_loss", "preset"]

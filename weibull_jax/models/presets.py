@@ -88,3 +88,12 @@ def preset(name: str, **changes) -> ModelConfig:
         return PRESETS[name].replace(**changes)
     except KeyError:
         raise ValueError(f"unknown preset {name!r}; known: {sorted(PRESETS)}") from None
+
+
+def config_from_fields(fields: dict) -> ModelConfig:
+    """A :class:`ModelConfig` from a dict of its fields (a run's ``config.model``), naming unknown fields."""
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = set(fields) - known
+    if unknown:
+        raise ValueError(f"config.model has unknown fields {sorted(unknown)}; known: {sorted(known)}")
+    return ModelConfig(**fields)

@@ -1,0 +1,105 @@
+"""The series report's figures (matplotlib, Agg): one function per PNG, each from the tables of ``series``."""
+
+from __future__ import annotations
+
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from weibull_jax import reference  # noqa: E402
+
+TERM_COLORS = {"alignment": "tab:blue", "injection": "tab:orange", "decay": "tab:green"}
+
+
+def _save(fig, out_dir: str, name: str) -> str:
+    path = os.path.join(out_dir, name)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def lambda_by_kind(steps, by_kind: dict, by_class: dict, out_dir: str) -> str:
+    """λ(t) per kind (median over blocks), the Transmission class bold with its peak marked."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for kind, v in sorted(by_kind.items()):
+        ax.plot(steps, v["scale"], lw=1, label=kind)
+    t = by_class["transmission"]["scale"]
+    ax.plot(steps, t, "k", lw=2.5, label="transmission (median)")
+    peak = int(np.argmax(t))
+    ax.plot(steps[peak], t[peak], "r*", ms=14, label=f"peak λ {t[peak]:.4f} at step {steps[peak]}")
+    ax.set(xlabel="training step", ylabel="Weibull scale λ (median over blocks)", title="λ(t) per kind", yscale="log")
+    ax.legend(fontsize=7, ncol=2)
+    return _save(fig, out_dir, "lambda_by_kind.png")
+
+
+def force_shares(steps: np.ndarray, share: np.ndarray, out_dir: str) -> str:
+    """Stacked shares of |alignment|, |injection|, |decay| for the Transmission class, per step bin."""
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    ax.stackplot(steps, share.T, labels=list(TERM_COLORS), colors=list(TERM_COLORS.values()), alpha=0.85)
+    ax.set(xlabel="training step", ylabel="share of |force| budget", ylim=(0, 1),
+           title=f"Transmission force budget ({steps[0]}-step bins)")
+    ax.legend(loc="lower left", fontsize=8)
+    return _save(fig, out_dir, "force_shares.png")
+
+
+def alignment_share_runs(curves: dict[str, tuple[np.ndarray, np.ndarray]], out_dir: str) -> str:
+    """Transmission alignment share over time, one line per run (seeds, architectures)."""
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    for name, (x, share) in curves.items():
+        ax.plot(x, share, lw=1.2, label=name)
+    ax.axhspan(0.88, 0.94, color="0.85", label="paper, rise phase 88–94 %")
+    ax.set(xlabel="training step", ylabel="alignment share", ylim=(0, 1), title="Alignment share per run")
+    ax.legend(fontsize=8)
+    return _save(fig, out_dir, "alignment_share_runs.png")
+
+
+def closed_loop(curve: dict, log_rmse: float, out_dir: str) -> str:
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    ax.plot(curve["steps"], curve["fitted"], "k.", label="fitted λ (median, Transmission)")
+    ax.plot(curve["steps"], curve["predicted"], "r-", label=f"closed loop, Δ = 1 (logRMSE {log_rmse:.3f})")
+    ax.set(xlabel="training step", ylabel="Weibull scale λ", title="Closed loop: integrated forces → RMS → λ")
+    ax.legend(fontsize=8)
+    return _save(fig, out_dir, "closed_loop.png")
+
+
+def recovery_scatter(scatter: list[dict], out_dir: str) -> str:
+    """Recovered vs true alignment per knot interval, spline and two-point, per Δ."""
+    spacings = sorted({r["spacing"] for r in scatter})
+    fig, axes = plt.subplots(1, len(spacings), figsize=(4 * len(spacings), 3.8), squeeze=False)
+    for ax, spacing in zip(axes[0], spacings):
+        for method, marker in (("spline", "o"), ("two_point", "x")):
+            rows = [r for r in scatter if r["spacing"] == spacing and r["method"] == method]
+            ax.plot([r["true"] for r in rows], [r["recovered"] for r in rows], marker, ms=4, ls="", label=method)
+        here = [r["true"] for r in scatter if r["spacing"] == spacing]
+        lim = [min(0.0, *here), max(here)]
+        ax.plot(lim, lim, "k--", lw=0.8, label="identity")
+        ax.set(xlabel="true Σ alignment per interval", ylabel="recovered", title=f"Δ = {spacing}")
+        ax.legend(fontsize=7)
+    return _save(fig, out_dir, "recovery_scatter.png")
+
+
+def lambda_heatmap(steps, per_block: np.ndarray, out_dir: str) -> str:
+    """Transmission λ per block (rows) and knot (columns)."""
+    fig, ax = plt.subplots(figsize=(8, 0.4 * per_block.shape[1] + 1.8))
+    image = ax.imshow(per_block.T, aspect="auto", origin="lower", cmap="viridis",
+                      extent=(steps[0], steps[-1], -0.5, per_block.shape[1] - 0.5))
+    fig.colorbar(image, ax=ax, label="λ (median of the block's Transmission matrices)")
+    ax.set(xlabel="training step", ylabel="block", title="Per-block λ(t)")
+    return _save(fig, out_dir, "lambda_heatmap.png")
+
+
+def k_trajectory(steps, by_kind: dict, lock: dict, out_dir: str) -> str:
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    ax.axhspan(*reference.TRANSMISSION_BAND, color="0.85", label="Transmission band")
+    for kind, v in sorted(by_kind.items()):
+        ax.plot(steps, v["k"], lw=1, label=kind)
+    ax.fill_between(steps, lock["min"], lock["max"], color="k", alpha=0.15)
+    ax.plot(steps, lock["median"], "k", lw=2, label="Transmission per-block median (range shaded)")
+    ax.set(xlabel="training step", ylabel="Weibull shape k", title="k(t) and the k-lock")
+    ax.legend(fontsize=7, ncol=2)
+    return _save(fig, out_dir, "k_trajectory.png")

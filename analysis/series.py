@@ -1,0 +1,348 @@
+"""The series analysis of one run: λ trajectories, k-lock, force budget, closed loop and spline recovery.
+
+Reproduces the tables of arXiv 2606.19367 (§4–6, App. A–B) from a run directory of ``python -m train.main``
+(``snapshots/``, ``forces/``, ``config.json``), or the weight-only parts from a converted HuggingFace series.
+Every checkpoint is read once per matrix: a matrix's ``(T, n)`` slab gives its T Weibull fits (one
+compiled call) and its trajectory Gram matrix (``weibull_jax.trajectory``); everything after that is small
+host arithmetic on (T, M) tables and T×T Grams.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import glob
+import json
+import math
+import os
+import time
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from weibull_jax import anchor, closed_loop, forces, optim, snapshots, taxonomy, trajectory, weibull
+
+TRANSMISSION = taxonomy.TRANSMISSION
+TABLE_STEPS = (250, 1250, 2500, 5000, 10000, 20000)
+POINT_WINDOW = 50  # a table step's shares are those of the 50 steps ending at it
+
+
+@dataclasses.dataclass
+class Measured:
+    """Per knot and matrix: Weibull fits and squared norms; per matrix: the trajectory Gram."""
+
+    steps: np.ndarray  # (T,) knots
+    names: list[str]  # (M,) matrices
+    sizes: np.ndarray  # (M,) elements per matrix
+    k: np.ndarray  # (T, M)
+    scale: np.ndarray  # (T, M)
+    sq_norm: np.ndarray  # (T, M)
+    grams: list[trajectory.TrajectoryGram]  # M Grams (numpy)
+    seconds: dict[str, float] = dataclasses.field(default_factory=dict)  # where the time went
+
+    def select(self, cls: str) -> list[int]:
+        return [i for i, n in enumerate(self.names) if taxonomy.describe(n).cls == cls]
+
+    def gram_of(self, columns: list[int]) -> trajectory.TrajectoryGram:
+        return trajectory.TrajectoryGram(*(np.sum([np.asarray(self.grams[i][f], np.float64) for i in columns], 0)
+                                           for f in range(3)))
+
+
+class _Read(NamedTuple):
+    knots: range
+    elements: slice
+    whole_rows: bool  # every element of these knots: the fits can be taken
+    shape: tuple[int, int]  # padded to this: the chunks of one matrix share one compiled program
+
+
+def _reads(t: int, n: int, max_bytes: int) -> list[_Read]:
+    """How one (T, n) float32 slab is read: at once if it fits in ``max_bytes``; else in equal element chunks
+    for the Gram (which adds over them; zero padding adds nothing) and equal knot chunks for the fits (which
+    need whole rows; padded rows repeat the last one and are dropped)."""
+    if 4 * t * n <= max_bytes:
+        return [_Read(range(t), slice(0, n), True, (t, n))]
+    width = -(-n // -(-4 * t * n // max_bytes))
+    rows = max(1, max_bytes // (4 * n))
+    return ([_Read(range(t), slice(lo, lo + width), False, (t, width)) for lo in range(0, n, width)]
+            + [_Read(range(i, min(t, i + rows)), slice(0, n), True, (rows, n)) for i in range(0, t, rows)])
+
+
+def measure(series: snapshots.Series, max_bytes: int = 12 << 30) -> Measured:
+    """Reads each matrix across all knots (once, or twice for slabs over ``max_bytes``) and returns the fits,
+    norms and Grams. The next reads are prefetched (threads) while the device works on the current one."""
+    names = series.matrices()
+    t = len(series.steps)
+    sizes = np.asarray([math.prod(series.layout.span(n)[1]) for n in names])
+    k, scale, sq_norm = (np.zeros((t, len(names))) for _ in range(3))
+    plan = [(m, read) for m, n in enumerate(sizes) for read in _reads(t, int(n), max_bytes)]
+    grams: list[Any] = [None] * len(names)
+
+    def load(m: int, read: _Read) -> np.ndarray:
+        x = series.slab(names[m], read.knots, read.elements)
+        rows, cols = read.shape
+        x = np.pad(x, ((0, 0), (0, cols - x.shape[1])))
+        return np.pad(x, ((0, rows - x.shape[0]), (0, 0)), mode="edge")
+
+    seconds = dict.fromkeys(("wait_for_reads", "to_device", "gram", "fits"), 0.0)
+
+    def timed(key: str, fn, *args):
+        start = time.perf_counter()
+        out = jax.block_until_ready(fn(*args))
+        seconds[key] += time.perf_counter() - start
+        return out
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        pending = [pool.submit(load, *p) for p in plan[:2]]
+        for i, (m, read) in enumerate(plan):
+            host = timed("wait_for_reads", pending.pop(0).result)
+            if i + 2 < len(plan):
+                pending.append(pool.submit(load, *plan[i + 2]))
+            slab = timed("to_device", jnp.asarray, host)
+            if len(read.knots) == t:  # the Gram: every knot, all or some elements
+                piece = timed("gram", trajectory.trajectory_gram, slab)
+                grams[m] = piece if grams[m] is None else grams[m] + piece
+            if read.whole_rows:
+                fit = timed("fits", lambda x: weibull.fit_arrays([names[m]], [x[:, None, :]])[0][0], slab)
+                k[read.knots.start:read.knots.stop, m] = fit.k[: len(read.knots)]
+                scale[read.knots.start:read.knots.stop, m] = fit.scale[: len(read.knots)]
+            del host, slab
+    grams = [jax.device_get(g) for g in grams]
+    for m, g in enumerate(grams):
+        sq_norm[:, m] = g.sq_norms()
+    return Measured(series.steps, names, sizes, k, scale, sq_norm, grams, seconds)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Run directory inputs
+# ---------------------------------------------------------------------------------------------------------
+
+
+def load_config(run_dir: str) -> ml_collections.ConfigDict:
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.isfile(path):
+        raise ValueError(f"{run_dir} is not a run directory: no config.json")
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def learning_rates(config: ml_collections.ConfigDict, last_step: int) -> np.ndarray:
+    """η_t for t = 0 … last_step − 1, from the run's schedule."""
+    o = config.optimizer
+    schedule = optim.learning_rate_schedule(o.schedule, o.lr, config.steps, o.warmup_steps, o.floor,
+                                            o.decay_fraction, tuple(o.milestones), o.gamma)
+    return np.asarray(jax.vmap(schedule)(jnp.arange(last_step)), np.float64)
+
+
+@dataclasses.dataclass
+class Recorded:
+    """The per-step budget: row t is the step from w_t to w_{t+1} (t = 0 … S−1)."""
+
+    names: list[str]
+    lr: np.ndarray  # (S,)
+    forces: np.ndarray  # (S, M, 5) alignment, injection, decay, cross, wd2
+
+    def columns(self, names: list[str]) -> list[int]:
+        return [self.names.index(n) for n in names]
+
+    def transmission_columns(self) -> list[int]:
+        return [i for i, n in enumerate(self.names) if taxonomy.describe(n).cls == TRANSMISSION]
+
+
+def load_forces(run_dir: str) -> Recorded:
+    paths = sorted(glob.glob(os.path.join(run_dir, "forces", "*.npz")))
+    if not paths:
+        raise ValueError(f"{run_dir} has no recorded forces (forces/*.npz): train with config.record_forces")
+    steps, lr, values, names = [], [], [], None
+    for path in paths:
+        with np.load(path) as f:
+            steps.append(f["steps"])
+            lr.append(f["lr"])
+            values.append(f["forces"])
+            names = names or list(f["names"])
+            if list(f["names"]) != names:
+                raise ValueError(f"{path} names other matrices than the run's first forces file")
+    steps = np.concatenate(steps)
+    if not np.array_equal(steps, np.arange(1, steps.size + 1)):
+        raise ValueError(f"{run_dir}/forces does not cover steps 1 … {steps.max()} without gaps (a partial run?)")
+    return Recorded(names, np.concatenate(lr).astype(np.float64), np.concatenate(values).astype(np.float64))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Weibull trajectories
+# ---------------------------------------------------------------------------------------------------------
+
+
+def matrix_rows(data: Measured) -> list[dict]:
+    rows = []
+    for i, step in enumerate(data.steps):
+        for m, name in enumerate(data.names):
+            info = taxonomy.describe(name)
+            rows.append(dict(step=int(step), matrix=name, kind=info.kind, cls=info.cls, block=info.block,
+                             k=data.k[i, m], scale=data.scale[i, m],
+                             rms=math.sqrt(data.sq_norm[i, m] / data.sizes[m]), sq_norm=data.sq_norm[i, m]))
+    return rows
+
+
+def group_medians(data: Measured, by: str) -> dict[str, dict[str, np.ndarray]]:
+    """Per group (kind or class): the median over its matrices of k and λ at every knot."""
+    groups: dict[str, list[int]] = {}
+    for m, name in enumerate(data.names):
+        groups.setdefault(forces.group_key(name, by), []).append(m)
+    return {g: {"k": np.median(data.k[:, cols], 1), "scale": np.median(data.scale[:, cols], 1)}
+            for g, cols in groups.items()}
+
+
+def per_block(data: Measured, values: np.ndarray) -> np.ndarray:
+    """(T, blocks): the median of ``values`` (T, M) over each block's Transmission matrices."""
+    blocks: dict[int, list[int]] = {}
+    for m in data.select(TRANSMISSION):
+        blocks.setdefault(taxonomy.describe(data.names[m]).block, []).append(m)
+    return np.stack([np.median(values[:, cols], 1) for b, cols in sorted(blocks.items()) if b >= 0], 1)
+
+
+def k_lock(data: Measured) -> dict[str, np.ndarray]:
+    """Per knot: the per-block medians of the Transmission k, summarised across blocks (median, min, max)."""
+    blocks = per_block(data, data.k)
+    return {"median": np.median(blocks, 1), "min": blocks.min(1), "max": blocks.max(1), "per_block": blocks}
+
+
+def lambda_phases(steps: np.ndarray, scale: np.ndarray, final_lr: float | None, weight_decay: float) -> dict:
+    """Rise, peak, relaxation and floor of a λ trajectory (§4.2, §6.2)."""
+    peak = int(np.argmax(scale))
+    out = {"scale_init": float(scale[0]), "peak_scale": float(scale[peak]), "peak_step": int(steps[peak]),
+           "final_scale": float(scale[-1]), "rise": float(scale[peak] / scale[0]),
+           "relaxation": float(1.0 - scale[-1] / scale[peak])}
+    if final_lr and weight_decay:
+        out["floor_coefficient"] = float(scale[-1] / math.sqrt(final_lr / weight_decay))
+    return out
+
+
+def init_ratio(data: Measured, model: Any) -> dict:
+    """λ_in/λ_out of the FFN per knot (median over blocks) against the recipes' σ_in/σ_out (framework App. A.3):
+    at init the fit gives λ = 0.8875σ for both, so the ratio starts at σ_in/σ_out."""
+    first, second = {}, {}
+    for m, name in enumerate(data.names):
+        info = taxonomy.describe(name)
+        if info.kind in ("ffn_in", "up"):
+            first[info.block] = m
+        elif info.kind in ("ffn_out", "down"):
+            second[info.block] = m
+    blocks = sorted(set(first) & set(second))
+    if not blocks:
+        return {}
+    ratio = np.median(np.stack([data.scale[:, first[b]] / data.scale[:, second[b]] for b in blocks], 1), 1)
+    out = {"ratio": ratio}
+    if model is not None:
+        out["recipe"] = (anchor.init_sigma(model.init_in, model.d_model, model.n_layers)
+                         / anchor.init_sigma(model.init_out, model.d_model, model.n_layers))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Force budget
+# ---------------------------------------------------------------------------------------------------------
+
+
+def binned_shares(recorded_forces: np.ndarray, columns: list[int], bin_steps: int = 50):
+    """(bin end steps, (bins, 3) shares of |align|, |inj|, |decay|) of the ``columns`` matrices."""
+    a = np.abs(recorded_forces[:, columns, :3]).sum(1)
+    bins = a.shape[0] // bin_steps
+    a = a[: bins * bin_steps].reshape(bins, bin_steps, 3).sum(1)
+    return (np.arange(bins) + 1) * bin_steps, a / a.sum(1, keepdims=True)
+
+
+def shares(block: np.ndarray) -> dict[str, float]:
+    """Shares of Σ(|align| + |inj| + |decay|) over a (steps, matrices, 5) block; higher-order on the same scale."""
+    a = np.abs(block).sum(axis=(0, 1))
+    leading = a[0] + a[1] + a[2]
+    return {"alignment": a[0] / leading, "injection": a[1] / leading, "decay": a[2] / leading,
+            "cross": a[3] / leading, "wd2": a[4] / leading, "higher_order": (a[3] + a[4]) / leading}
+
+
+def budget_tables(recorded: Recorded, table_steps=TABLE_STEPS) -> tuple[list[dict], list[dict]]:
+    """(at steps, over windows): shares per class, at each table step (the 50 steps ending there) and over the
+    windows 1…s (the paper's 'rise phase' is 1…5000) and the last 10 % of the run; per block for Transmission."""
+    total = recorded.forces.shape[0]
+    groups: dict[str, list[int]] = {"all": list(range(len(recorded.names)))}
+    for m, name in enumerate(recorded.names):
+        info = taxonomy.describe(name)
+        groups.setdefault(info.cls, []).append(m)
+        if info.cls == TRANSMISSION and info.block >= 0:
+            groups.setdefault(f"transmission.block_{info.block}", []).append(m)
+    marks = [s for s in table_steps if s <= total]
+    at, over = [], []
+    windows = [(1, s) for s in marks] + [(total - total // 10 + 1, total)]
+    for g, cols in groups.items():
+        for s in marks:
+            at.append({"step": s, "group": g, **shares(recorded.forces[max(0, s - POINT_WINDOW):s][:, cols])})
+        for first, last in windows:
+            over.append({"first": first, "last": last, "group": g,
+                         **shares(recorded.forces[first - 1:last][:, cols])})
+    return at, over
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Closed loop and recovery
+# ---------------------------------------------------------------------------------------------------------
+
+
+def closed_loop_table(data: Measured, recorded: Recorded, spacings=(1, 50, 250, 500)) -> tuple[list[dict], dict]:
+    """logRMSE of the integrated, bridged λ against the fitted λ over the Transmission matrices and the knots
+    on each Δ grid; with the bridge at the lock (each matrix's median k) and at each knot's k. Also the
+    bridge error (true RMS → λ) and the integration error (integrated vs true RMS). Returns the rows and the
+    Δ = 1 lock-bridge trajectory for the figure."""
+    cols = data.select(TRANSMISSION)
+    leading = recorded.forces[:, recorded.columns([data.names[m] for m in cols]), :3].sum(-1)  # (S, C)
+    lock_k = np.median(data.k[:, cols], 0)
+    rows, curve = [], {}
+    for spacing in (s for s in spacings if s <= leading.shape[0]):
+        predicted = closed_loop.integrate_sq_norm(data.sq_norm[0, cols], leading, spacing)
+        on_grid = [(i, s // spacing) for i, s in enumerate(data.steps) if s % spacing == 0 and s // spacing
+                   < predicted.shape[0]]
+        knots, grid = map(np.asarray, zip(*on_grid))
+        fitted = data.scale[knots][:, cols]
+        true_sq = data.sq_norm[knots][:, cols]
+        size = data.sizes[cols]
+        for bridge, k in (("lock", lock_k[None, :]), ("per_checkpoint", data.k[knots][:, cols])):
+            pred = closed_loop.bridge_scale(predicted[grid], size, k)
+            rows.append({"spacing": spacing, "bridge": bridge, "knots": len(knots),
+                         "log_rmse": closed_loop.log_rmse(pred, fitted),
+                         "bridge_error": closed_loop.log_rmse(closed_loop.bridge_scale(true_sq, size, k), fitted),
+                         "integration_error": closed_loop.log_rmse(np.sqrt(predicted[grid]), np.sqrt(true_sq))})
+            if spacing == 1 and bridge == "lock":
+                curve = {"steps": data.steps[knots], "predicted": np.median(pred, 1), "fitted": np.median(fitted, 1)}
+    return rows, curve
+
+
+def recovery_table(data: Measured, recorded: Recorded | None, lr: np.ndarray, weight_decay: float,
+                   spacings=(250, 500, 1000)) -> tuple[list[dict], list[dict]]:
+    """Spline vs two-point recovery of the Transmission alignment force from knots Δ apart (§5.2, App. A):
+    per Δ and method the recovered ÷ true alignment summed over the knots' window (rows), and per knot
+    interval the recovered and true sums (scatter). Without recorded forces only the estimates are given."""
+    cols = data.select(TRANSMISSION)
+    gram = data.gram_of(cols)
+    truth = (recorded.forces[:, recorded.columns([data.names[m] for m in cols]), 0].sum(-1)
+             if recorded is not None else None)
+    rows, scatter = [], []
+    for spacing in spacings:
+        index = [i for i, s in enumerate(data.steps) if s % spacing == 0]
+        if len(index) < 2:
+            continue
+        knots = data.steps[index]
+        true_sums = trajectory.interval_sums(np.arange(knots[-1]), truth[: knots[-1]], knots) if truth is not None \
+            else None
+        for method in trajectory.METHODS:
+            steps, estimate = trajectory.alignment_estimate(gram.take(index), knots, lr, weight_decay, method)
+            sums = trajectory.interval_sums(steps, estimate, knots)
+            row = {"spacing": spacing, "method": method, "knots": len(knots), "recovered": sums.sum()}
+            if true_sums is not None:
+                row.update(true=true_sums.sum(), rate=sums.sum() / true_sums.sum(),
+                           median_interval_rate=float(np.median(sums / true_sums)))
+            rows.append(row)
+            scatter += [{"spacing": spacing, "method": method, "first": int(a), "last": int(b), "recovered": r,
+                         "true": (true_sums[j] if true_sums is not None else float("nan"))}
+                        for j, (a, b, r) in enumerate(zip(knots[:-1], knots[1:], sums))]
+    return rows, scatter

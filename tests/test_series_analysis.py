@@ -1,0 +1,118 @@
+"""The series analysis program on a real (tiny) run, its chunked reads, and its messages on bad inputs."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from analysis import series
+from weibull_jax import data, snapshots
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL_CORPUS = os.path.join(data.DEFAULT_CORPUS, "library", "a*.rst.txt")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """60 steps of a tiny Pythia, weights every 5 steps."""
+    workdir = tmp_path_factory.mktemp("run")
+    cache = tmp_path_factory.mktemp("cache")
+    out = subprocess.run([sys.executable, "-m", "train.main", f"--config={ROOT}/configs/default.py",
+                          f"--workdir={workdir}", f"--config.data.cache_dir={cache}",
+                          f"--config.data.corpus={SMALL_CORPUS}", "--config.steps=60", "--config.log_every=10",
+                          "--config.ckpt_every=30", "--config.snapshot_every=5", "--config.data.vocab_size=512",
+                          "--config.model.vocab_size=512", "--config.model.d_model=64", "--config.model.d_ff=128",
+                          "--config.model.n_layers=2", "--config.batch_size=8", "--config.data.seq_len=64"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return str(workdir)
+
+
+def _analyse(*args):
+    return subprocess.run([sys.executable, "-m", "analysis.main", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=900)
+
+
+def test_report_of_a_run(run_dir, tmp_path):
+    out = _analyse(f"--run_dir={run_dir}", f"--out={tmp_path}", "--recovery_spacings=5,10,20",
+                   "--closed_loop_spacings=1,5,10", "--table_steps=10,30,60")
+    assert out.returncode == 0, out.stderr[-3000:]
+    report_dir = tmp_path / os.path.basename(run_dir)
+    with open(report_dir / "report.json") as f:
+        report = json.load(f)
+    assert report["knots"] == 13 and report["matrices"] == 10
+    assert sorted(os.listdir(report_dir / "figures")) == sorted(
+        ["closed_loop.png", "force_shares.png", "k_trajectory.png", "lambda_by_kind.png", "lambda_heatmap.png",
+         "recovery_scatter.png"])
+    # the snapshot norms agree with the norms the training loop logged at the same steps
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        logged = {m["step"]: m["norms"]["class"]["transmission"]["sq_norm"] for m in map(json.loads, f)}
+    rows = [r for r in series.matrix_rows(series.measure(snapshots.Series(os.path.join(run_dir, "snapshots"))))
+            if r["cls"] == "transmission"]
+    for step, value in logged.items():
+        assert abs(sum(r["sq_norm"] for r in rows if r["step"] == step) - value) < 1e-5 * value
+    # with knots one step apart the recovery would be exact; at Δ = 5 the spline is within 2 %, two-point not
+    recovery = {(r["spacing"], r["method"]): r["rate"] for r in report["recovery"]}
+    assert abs(recovery[(5, "spline")] - 1) < 0.02 and recovery[(20, "two_point")] < 0.8
+    # integration at Δ = 1 adds only the dropped higher-order terms: the logRMSE is the bridge error alone
+    loop = report["closed_loop"][0]
+    assert loop["spacing"] == 1 and loop["integration_error"] < 1e-4
+    assert abs(loop["log_rmse"] - loop["bridge_error"]) < 1e-4
+
+
+def test_chunked_reads_give_the_same_fits_and_grams(run_dir):
+    path = os.path.join(run_dir, "snapshots")
+    whole = series.measure(snapshots.Series(path))
+    chunked = series.measure(snapshots.Series(path), max_bytes=13 * 4 * 1000)  # ~1000 elements per read
+    np.testing.assert_array_equal(whole.k, chunked.k)
+    np.testing.assert_array_equal(whole.scale, chunked.scale)
+    np.testing.assert_allclose(whole.sq_norm, chunked.sq_norm, rtol=1e-5)
+
+
+def test_bad_run_directories_get_one_clear_message(run_dir, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = _analyse(f"--run_dir={empty}")
+    assert out.returncode != 0 and "not a run directory: no config.json" in out.stderr
+    partial = tmp_path / "partial"
+    shutil.copytree(run_dir, partial)
+    os.remove(partial / "forces" / "00000030.npz")
+    out = _analyse(f"--run_dir={partial}")
+    assert "does not cover steps 1" in out.stderr
+    mismatched = tmp_path / "mismatched"
+    shutil.copytree(run_dir, mismatched)
+    np.save(mismatched / "snapshots" / "00000010.npy", np.zeros(7, np.float32))
+    out = _analyse(f"--run_dir={mismatched}")
+    assert "mismatched checkpoint shapes" in out.stderr
+    no_snapshots = tmp_path / "no_snapshots"
+    shutil.copytree(run_dir, no_snapshots)
+    shutil.rmtree(no_snapshots / "snapshots")
+    out = _analyse(f"--run_dir={no_snapshots}")
+    assert "is not a snapshot series" in out.stderr
+
+
+def test_hf_series_is_converted_and_analysed(tmp_path):
+    """A step{N} series of HuggingFace checkpoints: the weights-only report, with the schedule from a config."""
+    import jax
+
+    from weibull_jax import convert, models
+
+    config = models.preset("pythia-14m", d_model=64, n_layers=2, n_heads=4, d_ff=256, vocab_size=512)
+    params = models.init_params(config, jax.random.key(0))
+    for step in (0, 10, 20, 30):
+        grown = jax.tree.map(lambda w: w * (1 + step / 100), params)
+        convert.save_hf_checkpoint(str(tmp_path / "hf" / f"step{step}"), grown, config)
+    out = _analyse(f"--hf_series={tmp_path / 'hf'}", f"--out={tmp_path / 'report'}",
+                   f"--schedule_config={ROOT}/configs/default.py", "--recovery_spacings=10")
+    assert out.returncode == 0, out.stderr[-3000:]
+    with open(tmp_path / "report" / "report.json") as f:
+        report = json.load(f)
+    assert report["knots"] == 4 and report["last_step"] == 30
+    # every weight scaled by 1.3: the Transmission λ grows by exactly that factor
+    lam = report["lambda_transmission"]
+    assert abs(lam["final_scale"] / lam["scale_init"] - 1.3) < 1e-3
+    assert [r["method"] for r in report["recovery"]] == ["spline", "two_point"]

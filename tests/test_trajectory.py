@@ -1,0 +1,118 @@
+"""Trajectory Gram, spline recovery and the closed loop against scipy, float64 numpy and a known AdamW run."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from scipy import interpolate, stats
+
+from weibull_jax import closed_loop, fit_weibull, forces, optim, trajectory
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 9])
+def test_spline_weights_match_scipy_not_a_knot(n):
+    rng = np.random.default_rng(n)
+    knots = np.cumsum(rng.uniform(0.5, 3.0, n))
+    y = rng.normal(size=(n, 5))
+    x = np.linspace(knots[0], knots[-1], 41)
+    reference = interpolate.CubicSpline(knots, y, bc_type="not-a-knot")
+    for derivative, ref in ((False, reference(x)), (True, reference(x, 1))):
+        ours = trajectory.spline_weights(knots, x, derivative) @ y
+        np.testing.assert_allclose(ours, ref, rtol=1e-9, atol=1e-9 * np.abs(ref).max())
+
+
+def test_gram_parts_rebuild_the_float64_gram_and_keep_small_differences():
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=150_001)  # three blocks of the batched product, the last one padded
+    slab = np.stack([base + 1e-3 * np.cumsum(rng.normal(size=(6, base.size)), 0)[i] for i in range(6)])
+    slab = slab.astype(np.float32)
+    gram = jax.device_get(trajectory.trajectory_gram(jnp.asarray(slab)))
+    exact = slab.astype(np.float64) @ slab.astype(np.float64).T
+    np.testing.assert_allclose(gram.full(), exact, rtol=1e-6)
+    # ⟨w_j, w_{j+1} − w_j⟩ is ~1e-6 of ‖w‖²: the split Gram still gets it to 1e-3 (a plain float32 Gram cannot)
+    a, b = np.eye(6)[:-1], np.eye(6)[1:] - np.eye(6)[:-1]
+    truth = np.einsum("ri,ij,rj->r", a, exact, b)
+    np.testing.assert_allclose(gram.bilinear(a, b), truth, rtol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def adamw_run():
+    """A 2-matrix least-squares model trained 121 steps by AdamW (warmup + cosine, clipping, decay 0.1):
+    the weights at every step and the alignment force of every step, read from the optimizer moments."""
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(4, 64, 24)), jnp.float32)  # four minibatches, cycled
+    y = jnp.asarray(rng.normal(size=(4, 64, 8)), jnp.float32)
+    params = {"a": jnp.asarray(rng.normal(size=(24, 16)) * 0.2, jnp.float32),
+              "b": jnp.asarray(rng.normal(size=(16, 8)) * 0.2, jnp.float32)}
+    steps, wd = 121, 0.1
+    schedule = optim.learning_rate_schedule("cosine", 3e-2, steps, 10, 0.1)
+    opt = optim.make_optimizer("adamw", schedule, wd, 0.9, 0.95, 1e-8, clip_norm=1.0)
+    state = opt.init(params)
+
+    def loss(p, i):
+        xb, yb = x[i], y[i]
+        return jnp.mean((jnp.tanh(xb @ p["a"]) @ p["b"] - yb) ** 2)
+
+    @jax.jit
+    def step(p, s, t):
+        g = jax.grad(loss)(p, t % 4)
+        u, s = opt.update(g, s, p)
+        f = forces.adamw_forces(p, s, schedule(t), wd, 0.9, 0.95, 1e-8)
+        return optax.apply_updates(p, u), s, f["a"].alignment + f["b"].alignment
+
+    weights, alignment = [params], []
+    for t in range(steps):
+        params, state, f = step(params, state, t)
+        weights.append(params)
+        alignment.append(float(f))
+    slab = np.stack([np.concatenate([np.ravel(w["a"]), np.ravel(w["b"])]) for w in weights])
+    return slab, np.asarray(alignment), schedule, wd
+
+
+def test_exact_identity_and_unit_spacing_recover_the_true_alignment(adamw_run):
+    slab, truth, schedule, wd = adamw_run
+    gram = jax.device_get(trajectory.trajectory_gram(jnp.asarray(slab)))
+    knots = np.arange(slab.shape[0])
+    lr = np.asarray([schedule(t) for t in knots], np.float64)
+    for method in trajectory.METHODS:
+        steps, estimate = trajectory.alignment_estimate(gram, knots, lr, wd, method)
+        np.testing.assert_allclose(estimate, truth, atol=1e-3 * np.abs(truth).max())
+    t = 40
+    u = trajectory.update_from_displacement(slab[t].astype(np.float64), slab[t + 1].astype(np.float64), lr[t], wd)
+    assert abs(-2 * lr[t] * slab[t].astype(np.float64) @ u - truth[t]) < 1e-3 * np.abs(truth).max()
+
+
+def test_sparse_spline_estimate_matches_a_dense_scipy_spline(adamw_run):
+    slab, truth, schedule, wd = adamw_run
+    knots = np.arange(0, slab.shape[0], 20)
+    lr = np.asarray([schedule(t) for t in range(slab.shape[0])], np.float64)
+    gram = jax.device_get(trajectory.trajectory_gram(jnp.asarray(slab[knots])))
+    steps, estimate = trajectory.alignment_estimate(gram, knots, lr, wd, "spline")
+    spline = interpolate.CubicSpline(knots, slab[knots].astype(np.float64), bc_type="not-a-knot")
+    w, w_next = spline(steps), spline(steps + 1)
+    reference = 2 * np.sum(w * (w_next - w), 1) + 2 * lr[steps] * wd * np.sum(w * w, 1)
+    np.testing.assert_allclose(estimate, reference, rtol=1e-6, atol=1e-6 * np.abs(reference).max())
+    # two-point: per interval, 2⟨w_j, w_{j+1} − w_j⟩ + 2 λ_wd ‖w_j‖² Σ_t η_t
+    _, naive = trajectory.alignment_estimate(gram, knots, lr, wd, "two_point")
+    w_j, w_next = slab[knots[:-1]].astype(np.float64), slab[knots[1:]].astype(np.float64)
+    eta_sums = lr[: knots[-1]].reshape(-1, 20).sum(1)
+    reference = 2 * np.sum(w_j * (w_next - w_j), 1) + 2 * wd * eta_sums * np.sum(w_j * w_j, 1)
+    np.testing.assert_allclose(trajectory.interval_sums(steps, naive, knots), reference, rtol=1e-5)
+
+
+def test_closed_loop_is_exact_with_exact_forces_and_the_true_shape():
+    rng = np.random.default_rng(2)
+    k, size = 1.3, 200_000
+    scales = 0.02 * np.exp(np.linspace(0, 1.2, 9))
+    samples = [stats.weibull_min.rvs(k, scale=s, size=size, random_state=rng) for s in scales]
+    sq = np.asarray([np.sum(x.astype(np.float64) ** 2) for x in samples])
+    integrated = closed_loop.integrate_sq_norm(sq[0], np.diff(sq), 1)
+    np.testing.assert_allclose(integrated, sq, rtol=1e-12)
+    fitted = np.asarray([float(fit_weibull(x.astype(np.float32).reshape(400, 500)).scale) for x in samples])
+    predicted = closed_loop.bridge_scale(integrated, size, k)
+    assert closed_loop.log_rmse(predicted, scales) < 3e-3
+    assert closed_loop.log_rmse(predicted, fitted) < 1e-2
+    # forward Euler at Δ = 2 on a straight line of ‖w‖² is still exact at its grid points
+    line = closed_loop.integrate_sq_norm(1.0, np.full(8, 0.5), 2)
+    np.testing.assert_allclose(line, [1.0, 2.0, 3.0, 4.0, 5.0])

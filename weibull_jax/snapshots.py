@@ -1,0 +1,168 @@
+"""Weight snapshots: every parameter of a model at one step, as one flat float32 ``.npy`` file.
+
+A snapshot series is a folder of ``{step:08d}.npy`` files and one ``index.json`` (leaf names, shapes and
+offsets into the flat vector). It is what the series analyses read (arXiv 2606.19367 §5, App. A; the
+trajectory PCA of the backbone paper): one file per checkpoint, memory-mapped, so that one matrix can be
+read across all T checkpoints (a ``(T, n)`` slab) without loading any checkpoint whole.
+
+Why not orbax for these: writing a snapshot is one device→host copy of one buffer and one file write, both
+outside the GIL, so the training loop keeps dispatching steps while it happens (orbax's per-array Python
+work in a worker thread starved the dispatch loop: 0.35 s per checkpoint). Full, resumable checkpoints
+(optimizer state, data position) stay with orbax (``train/checkpoints.py``).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import glob
+import json
+import math
+import os
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from weibull_jax import convert
+from weibull_jax import tree as tree_lib
+
+INDEX = "index.json"
+
+
+class Layout(NamedTuple):
+    """Where each leaf lies in the flat vector."""
+
+    names: list[str]
+    shapes: list[tuple[int, ...]]
+    offsets: list[int]
+
+    @property
+    def size(self) -> int:
+        return self.offsets[-1] + math.prod(self.shapes[-1]) if self.names else 0
+
+    def span(self, name: str) -> tuple[int, tuple[int, ...]]:
+        if name not in self.names:
+            raise KeyError(f"no leaf named {name!r} in the snapshot layout (leaves: {self.names[:4]} …)")
+        i = self.names.index(name)
+        return self.offsets[i], self.shapes[i]
+
+
+def layout_of(params: Any) -> Layout:
+    names, leaves, _, _ = tree_lib.named_leaves(params, lambda path, leaf: True)
+    shapes = [tuple(np.shape(x)) for x in leaves]
+    offsets = np.concatenate([[0], np.cumsum([math.prod(s) for s in shapes])[:-1]]).astype(int).tolist()
+    return Layout(names, shapes, offsets)
+
+
+@jax.jit
+def flatten(params: Any) -> jax.Array:
+    """All leaves raveled into one float32 vector, in :func:`layout_of` order (one new device buffer)."""
+    return jnp.concatenate([jnp.ravel(x).astype(jnp.float32) for x in jax.tree.leaves(params)])
+
+
+def write_layout(directory: str, layout: Layout) -> None:
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, INDEX)
+    with open(path + ".tmp", "w") as f:
+        json.dump(layout._asdict(), f)
+    os.replace(path + ".tmp", path)
+
+
+def write(directory: str, step: int, flat: Any) -> None:
+    """Writes one snapshot (atomically: a reader never sees half a file)."""
+    path = os.path.join(directory, f"{step:08d}.npy")
+    with open(path + ".tmp", "wb") as f:
+        np.save(f, np.asarray(flat, np.float32))
+    os.replace(path + ".tmp", path)
+
+
+def drop_after(directory: str, step: int) -> None:
+    """Removes the snapshots of steps beyond ``step`` (a resumed run rewrites them)."""
+    for s, path in _files(directory):
+        if s > step:
+            os.remove(path)
+
+
+def _files(directory: str) -> list[tuple[int, str]]:
+    paths = glob.glob(os.path.join(directory, "[0-9]" * 8 + ".npy"))
+    return sorted((int(os.path.basename(p)[:-4]), p) for p in paths)
+
+
+class Series:
+    """A snapshot series on disk: ``steps``, the ``layout``, and per-leaf reads across all steps."""
+
+    def __init__(self, directory: str):
+        index = os.path.join(directory, INDEX)
+        if not os.path.isfile(index):
+            raise ValueError(f"{directory} is not a snapshot series: no {INDEX} (train with "
+                             "config.snapshot_every > 0, or convert a HuggingFace series with from_hf_series)")
+        with open(index) as f:
+            raw = json.load(f)
+        self.directory = directory
+        self.layout = Layout(raw["names"], [tuple(s) for s in raw["shapes"]], raw["offsets"])
+        files = _files(directory)
+        if not files:
+            raise ValueError(f"{directory} holds no snapshots")
+        self.steps = np.asarray([s for s, _ in files])
+        self._arrays = [np.load(p, mmap_mode="r") for _, p in files]
+        for (step, path), a in zip(files, self._arrays):
+            if a.shape != (self.layout.size,):
+                raise ValueError(f"snapshot {path} holds {a.shape} values; the layout needs "
+                                 f"({self.layout.size},): mismatched checkpoint shapes in one series")
+
+    @property
+    def names(self) -> list[str]:
+        return self.layout.names
+
+    def matrices(self) -> list[str]:
+        return [n for n, s in zip(self.layout.names, self.layout.shapes) if len(s) >= 2]
+
+    def leaf(self, name: str, index: int) -> np.ndarray:
+        """One leaf at the ``index``-th step (a read of only its bytes)."""
+        start, shape = self.layout.span(name)
+        return np.asarray(self._arrays[index][start:start + math.prod(shape)]).reshape(shape)
+
+    def slab(self, name: str, indices: Any = None, elements: slice = slice(None)) -> np.ndarray:
+        """``(T, n)``: the leaf raveled, one row per step (``indices`` selects steps, ``elements`` a range of
+        the raveled leaf; default all): reads only those bytes of each file."""
+        start, shape = self.layout.span(name)
+        lo, hi, _ = elements.indices(math.prod(shape))
+        indices = list(range(len(self.steps)) if indices is None else indices)
+        out = np.empty((len(indices), hi - lo), np.float32)
+
+        def copy(row: int) -> None:  # positional reads straight into the buffer, outside the GIL, in parallel
+            array = self._arrays[indices[row]]
+            buffer = memoryview(out[row]).cast("B")
+            offset, done = array.offset + 4 * (start + lo), 0
+            with open(array.filename, "rb", buffering=0) as f:
+                while done < len(buffer):
+                    done += os.preadv(f.fileno(), [buffer[done:]], offset + done)
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(copy, range(len(indices))))
+        return out
+
+    def params(self, index: int) -> dict[str, np.ndarray]:
+        """All leaves at one step, by name."""
+        return {n: self.leaf(n, index) for n in self.layout.names}
+
+
+def from_hf_series(root: str, directory: str) -> Series:
+    """Converts a ``step{N}`` series of HuggingFace checkpoints (e.g. Pythia's revisions) into snapshots in
+    ``directory``, one checkpoint in memory at a time; already converted steps are kept."""
+    done = {s for s, _ in _files(directory)}
+    layout = None
+    for step, path in convert.checkpoint_series(root):
+        if step in done and layout is not None:
+            continue
+        _, params = convert.load_hf_checkpoint(path)
+        this = layout_of(params)
+        if layout is None:
+            layout = this
+            write_layout(directory, layout)
+        elif this != layout:
+            raise ValueError(f"{path}: its tensors differ in names or shapes from the series' first checkpoint")
+        if step not in done:
+            write(directory, step, np.concatenate([np.ravel(x).astype(np.float32) for x in jax.tree.leaves(params)]))
+    return Series(directory)
