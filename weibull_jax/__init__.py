@@ -3,7 +3,7 @@
 The library is pure functions over pytrees of arrays; it imports nothing from ``train/`` or ``analysis/``.
 """
 
-from weibull_jax import forces
+from weibull_jax import closed_loop, forces, snapshots, trajectory
 from weibull_jax.anchor import halfnormal_anchor
 from weibull_jax.framework import (
     attention_architecture,
@@ -32,7 +32,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "WeibullFit",
+    "closed_loop",
     "forces",
+    "snapshots",
+    "trajectory",
     "attention_architecture",
     "classify_k",
     "compare_distributions",
