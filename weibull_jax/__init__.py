@@ -3,7 +3,7 @@
 The library is pure functions over pytrees of arrays; it imports nothing from ``train/`` or ``analysis/``.
 """
 
-from weibull_jax import closed_loop, forces, snapshots, trajectory
+from weibull_jax import closed_loop, forces, snapshots, spectra, trajectory
 from weibull_jax.anchor import halfnormal_anchor
 from weibull_jax.framework import (
     attention_architecture,
@@ -35,6 +35,7 @@ __all__ = [
     "closed_loop",
     "forces",
     "snapshots",
+    "spectra",
     "trajectory",
     "attention_architecture",
     "classify_k",
