@@ -130,9 +130,7 @@ def load_config(run_dir: str) -> ml_collections.ConfigDict:
 
 def learning_rates(config: ml_collections.ConfigDict, last_step: int) -> np.ndarray:
     """η_t for t = 0 … last_step − 1, from the run's schedule."""
-    o = config.optimizer
-    schedule = optim.learning_rate_schedule(o.schedule, o.lr, config.steps, o.warmup_steps, o.floor,
-                                            o.decay_fraction, tuple(o.milestones), o.gamma)
+    schedule = optim.schedule_of(config.optimizer, config.steps)
     return np.asarray(jax.vmap(schedule)(jnp.arange(last_step)), np.float64)
 
 

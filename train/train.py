@@ -103,15 +103,10 @@ def _drain(pending: list[dict]) -> dict[str, np.ndarray]:
     return window
 
 
-def model_config_of(config: ml_collections.ConfigDict) -> models.ModelConfig:
-    return models.config_from_fields(config.model.to_dict())
-
-
 def optimizer_of(config: ml_collections.ConfigDict):
     """(optimizer, schedule, Adam constants or None) from ``config.optimizer``."""
     o = config.optimizer
-    schedule = optim.learning_rate_schedule(o.schedule, o.lr, config.steps, o.warmup_steps, o.floor,
-                                            o.decay_fraction, tuple(o.milestones), o.gamma)
+    schedule = optim.schedule_of(o, config.steps)
     optimizer = optim.make_optimizer(o.name, schedule, o.weight_decay, o.b1, o.b2, o.eps, o.momentum,
                                      o.clip_norm or None)
     adam = dict(b1=o.b1, b2=o.b2, eps=o.eps) if o.name == "adamw" else None
@@ -168,7 +163,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains (or resumes) the run in ``workdir``; returns the final summary."""
     check_config(config)
     workdir = os.path.abspath(workdir)  # orbax's commits need an absolute path
-    model_config = model_config_of(config)
+    model_config = models.config_from_fields(config.model.to_dict())
     files = data.corpus_files(config.data.corpus)
     cache = os.path.expanduser(config.data.cache_dir)
     tokenizer = data.load_tokenizer(config.data.tokenizer, files, config.data.vocab_size, cache)

@@ -60,6 +60,14 @@ def learning_rate_schedule(kind: str, peak: float, total_steps: int, warmup_step
     return optax.join_schedules([warmup, after], [warmup_steps])
 
 
+def schedule_of(optimizer: Any, total_steps: int) -> optax.Schedule:
+    """The schedule a run's optimizer settings name (``config.optimizer``: schedule, lr, warmup_steps,
+    floor, decay_fraction, milestones, gamma), for the training loop and for the analyses of its series."""
+    o = optimizer
+    return learning_rate_schedule(o.schedule, o.lr, total_steps, o.warmup_steps, o.floor, o.decay_fraction,
+                                  tuple(o.milestones), o.gamma)
+
+
 def matrices_decay(params: Any) -> Any:
     """Default decay mask: weight decay on every array with two or more axes, none on vectors (norms, biases)."""
     return jax.tree.map(tree_lib.is_matrix, params)
