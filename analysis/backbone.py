@@ -21,11 +21,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from analysis import figures, sections
 from analysis import series as series_lib
-from weibull_jax import backbone, data, fisher, models, probe, snapshots, spectra, taxonomy
+from weibull_jax import backbone, data, fisher, models, probe, reference, snapshots, spectra, taxonomy
 from weibull_jax import tree as tree_lib
 
 PHASES = (("early", 0.0, 0.2), ("mid", 0.2, 0.6), ("late", 0.6, 1.0))  # Table 3: t < 2000, ≤ 6000, > 6000 of 10k
+SUMMARY_COMPONENTS = 5  # ρ_1 … ρ_5 in the summary (NaN where the drift has fewer components)
 
 
 def trunk_blocks(names: list[str]) -> dict[int, list[int]]:
@@ -68,7 +70,7 @@ def geometry(steps: np.ndarray, drift: np.ndarray, width: int = 10) -> tuple[dic
         inside = [abs(alignment[i - 1]) for i in range(1, len(steps))
                   if lo * span <= steps[i] - steps[0] <= hi * span]
         phases[name] = float(np.mean(inside)) if inside else float("nan")
-    out = {"rho": pca.explained[:5].tolist(), "k95": backbone.components_for(pca.explained, 0.95),
+    out = {"rho": pca.explained[:SUMMARY_COMPONENTS].tolist(), "k95": backbone.components_for(pca.explained, 0.95),
            "k99": backbone.components_for(pca.explained, 0.99), "drift_norm": float(np.sqrt(drift[-1, -1])),
            "final_backbone_fraction": float(fraction[-1]), "update_alignment_abs": phases,
            "update_alignment_first": float(alignment[0]), "update_alignment_last": float(alignment[-1]),
@@ -162,8 +164,10 @@ def gradient_probes(run_dir: str, series: snapshots.Series, measured: series_lib
         key, sub = jax.random.split(key)
         directions[b] = jnp.concatenate([pcs, fisher.orthonormal_complement(sub, pcs[0], random_directions)])
     rows, cumulative = [], dict.fromkeys(blocks, 0.0)
-    for i in knots:
+    progress = sections.Progress("gradient probes: knot", len(knots))
+    for done, i in enumerate(knots):
         step = int(series.steps[i])
+        progress.update(done, f"step {step}, {batches_per_knot} minibatch gradients")
         params = jax.tree.map(jnp.asarray, series.tree(i))
         sample = [jax.tree.map(jnp.asarray, next(batches)) for _ in range(batches_per_knot)]
         for b, grads in block_gradients(grad_fn, params, sample, step, blocks).items():
@@ -179,4 +183,97 @@ def gradient_probes(run_dir: str, series: snapshots.Series, measured: series_lib
                          "q_backbone": q[0], "q_pc2": q[1], "q_random": float(np.mean(q[2:])),
                          "anisotropy": fisher.anisotropy(q[0], q[2:]),
                          "top_fisher_overlap": fisher.top_eigenvector_overlap(gram, proj[:, 0])})
+    progress.update(len(knots))
     return rows
+
+
+def gradient_summary(gradients: list[dict]) -> dict:
+    """Medians over knots and blocks of the gradient |cos| and its floor; α per block at each knot's max."""
+    out = {k: float(np.median([g[k] for g in gradients])) for k in ("grad_abs_cos", "random_floor",
+                                                                     "top_fisher_overlap")}
+    for b in sorted({g["block"] for g in gradients}):
+        rows = [g for g in gradients if g["block"] == b]
+        peak = max(rows, key=lambda g: g["anisotropy"])
+        out[f"block_{b}"] = {"anisotropy_first": rows[0]["anisotropy"], "anisotropy_last": rows[-1]["anisotropy"],
+                             "anisotropy_peak": peak["anisotropy"], "anisotropy_peak_step": peak["step"],
+                             "q_backbone_first": rows[0]["q_backbone"], "q_backbone_last": rows[-1]["q_backbone"],
+                             "cumulative_projection": rows[-1]["cumulative_projection"]}
+    return out
+
+
+def _summary_row(group: str, s: dict) -> dict:
+    return {"group": group, **sections.padded("rho", s["rho"], SUMMARY_COMPONENTS), "k95": s["k95"], "k99": s["k99"],
+            "final_backbone_fraction": s["final_backbone_fraction"], "drift_norm": s["drift_norm"],
+            "window_alignment_mean": s.get("window_alignment", {}).get("mean", float("nan")),
+            "sign_flip_step": s["sign_flip_step"] if s["sign_flip_step"] is not None else float("nan")}
+
+
+def _span(values) -> str:
+    return f"{min(values):.3g}–{max(values):.3g}" if len(values) > 1 else f"{values[0]:.3g}"
+
+
+def section(data: series_lib.Measured, series: snapshots.Series, run_dir: str | None, figs: str,
+            window: tuple[int, int] | None = None, gradient_batches: int = 0, gradient_every: int = 1
+            ) -> sections.Section:
+    """The backbone paper's part of a report: per-block (and whole-trunk) geometry, switching overlaps,
+    gradient probes; tables, figures, and the headline numbers next to the paper's."""
+    out = sections.Section("The optimizer-induced backbone")
+    blocks = trunk_blocks(data.names)
+    if not blocks:
+        return out
+    index = window_indices(data.steps, window)
+    steps = data.steps[index]
+    summaries, trajectories, switching = {}, [], []
+    accuracy = probe_accuracy(run_dir) if run_dir else None
+    groups = {f"block_{b}": cols for b, cols in blocks.items()}
+    groups["trunk"] = [m for cols in blocks.values() for m in cols]
+    for name, cols in groups.items():
+        drift = block_drift(data, cols, index)
+        summaries[name], rows = geometry(steps, drift)
+        trajectories += [{"group": name, **r} for r in rows]
+        if accuracy is not None and window is None:
+            switching += [{"group": name, **r} for r in switching_rows(steps, drift, accuracy)]
+    out.tables["backbone_summary"] = sections.table([_summary_row(g, s) for g, s in summaries.items()])
+    out.tables["backbone_trajectory"] = sections.table(trajectories)
+    out.tables["switching"] = sections.table(switching, ("group", "peak_step", "trough_step", "p_ood_peak",
+                                                         "p_ood_trough", *backbone.Switching._fields))
+    first = next(iter(groups))
+    label = first.replace("_", " ")
+    first_rows = [r for r in trajectories if r["group"] == first]
+    out.figures.append(figures.backbone_decomposition(first_rows, accuracy, label, figs))
+    gradients = []
+    if run_dir and gradient_batches and window is None:
+        knots = np.arange(1, len(data.steps), gradient_every)
+        gradients = gradient_probes(run_dir, series, data, knots, gradient_batches, min(16, gradient_batches))
+        out.tables["gradient_probes"] = sections.table(gradients)
+        out.figures.append(figures.anisotropy(gradients, figs))
+    out.figures.append(figures.update_alignment(first_rows, [g for g in gradients if f"block_{g['block']}" == first],
+                                                label, figs))
+    out.numbers = {"backbone": summaries, "backbone_window": list(window) if window else None}
+    if switching:
+        out.numbers["switching"] = switching
+    per_block = [v for g, v in summaries.items() if g.startswith("block_")]
+    paper = reference.PAPER_HEADLINES
+
+    def compare(quantity: str, ours: str, key: str) -> None:
+        out.comparisons.append(sections.Comparison(quantity, ours, *paper[key]))
+
+    compare("ρ1 per block, uncentered trajectory PCA", _span([100 * v["rho"][0] for v in per_block]) + " %",
+            "rho1_per_block")
+    compare("backbone fraction f_b at the last knot", _span([100 * v["final_backbone_fraction"] for v in per_block])
+            + " %", "final_backbone_fraction")
+    if all("window_alignment" in v for v in per_block):
+        compare("rolling-window PC1 alignment, mean", _span([v["window_alignment"]["mean"] for v in per_block]),
+                "window_alignment")
+    compare("|C(t)| early (first 20 % of the steps)", _span([v["update_alignment_abs"]["early"] for v in per_block]),
+            "early_update_alignment")
+    compare("sign flip of C(t)", ", ".join(str(v["sign_flip_step"]) for v in per_block), "sign_flip_step")
+    if gradients:
+        probes = out.numbers["gradient_probes"] = gradient_summary(gradients)
+        compare("per-batch gradient |cos(g, v_b)|, median", f"{probes['grad_abs_cos']:.4f} (random floor "
+                f"{probes['random_floor']:.1e})", "grad_abs_cos")
+        compare("top-Fisher-eigenvector overlap, median", f"{probes['top_fisher_overlap']:.3f}", "top_fisher_overlap")
+        compare("anisotropy α, first → last (per block)", ", ".join(
+            f"{v['anisotropy_first']:.3g} → {v['anisotropy_last']:.3g}" for g, v in probes.items()
+            if g.startswith("block_")), "anisotropy")
+    return out

@@ -23,7 +23,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from weibull_jax import anchor, closed_loop, forces, optim, snapshots, spectra, taxonomy, trajectory, weibull
+from analysis import figures, sections
+from weibull_jax import (anchor, closed_loop, forces, models, optim, reference, snapshots, spectra, taxonomy,
+                         trajectory, weibull)
+from weibull_jax import data as data_lib
 
 TRANSMISSION = taxonomy.TRANSMISSION
 TABLE_STEPS = (250, 1250, 2500, 5000, 10000, 20000)
@@ -97,9 +100,11 @@ def measure(series: snapshots.Series, n_heads: int | None = None, max_bytes: int
         seconds[key] += time.perf_counter() - start
         return out
 
+    progress = sections.Progress("measured", len(plan))
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
         pending = [pool.submit(load, *p) for p in plan[:2]]
         for i, (m, read) in enumerate(plan):
+            progress.update(i, f"reading {names[m]}, {t} knots")
             host = timed("wait_for_reads", pending.pop(0).result)
             if i + 2 < len(plan):
                 pending.append(pool.submit(load, *plan[i + 2]))
@@ -108,6 +113,11 @@ def measure(series: snapshots.Series, n_heads: int | None = None, max_bytes: int
                 piece = timed("gram", trajectory.trajectory_gram, slab)
                 grams[m] = piece if grams[m] is None else grams[m] + piece
             if read.whole_rows:
+                finite = np.asarray(jnp.all(jnp.isfinite(slab), axis=1))[: len(read.knots)]
+                if not finite.all():
+                    step = series.steps[read.knots.start + int(np.argmin(finite))]
+                    raise ValueError(f"{names[m]} holds NaN or inf in the snapshot of step {step} in "
+                                     f"{series.directory}: a diverged run; analyse the knots before it")
                 fit = timed("fits", lambda x: weibull.fit_arrays([names[m]], [x[:, None, :]])[0][0], slab)
                 k[read.knots.start:read.knots.stop, m] = fit.k[: len(read.knots)]
                 scale[read.knots.start:read.knots.stop, m] = fit.scale[: len(read.knots)]
@@ -120,6 +130,7 @@ def measure(series: snapshots.Series, n_heads: int | None = None, max_bytes: int
                     for name, rows in zip(parts, table):
                         sd.setdefault(name, np.zeros((t, rows.shape[-1])))[read.knots.start:read.knots.stop] = rows
             del host, slab
+    progress.update(len(plan))
     grams = [jax.device_get(g) for g in grams]
     return Measured(series.steps, names, sizes, k, scale, sq_norm, grams, seconds, sd)
 
@@ -132,18 +143,23 @@ def measure(series: snapshots.Series, n_heads: int | None = None, max_bytes: int
 def load_config(run_dir: str) -> ml_collections.ConfigDict:
     path = os.path.join(run_dir, "config.json")
     if not os.path.isfile(path):
-        raise ValueError(f"{run_dir} is not a run directory: no config.json")
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+        raise ValueError(f"{run_dir} is not a run directory: no config.json (give the --workdir of a "
+                         "python -m train.main run)")
+    try:
+        with open(path) as f:
+            config = ml_collections.ConfigDict(json.load(f))
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{path} is not the config of a training run ({type(e).__name__}: {e})") from None
+    missing = [k for k in ("model", "optimizer", "data", "steps") if k not in config]
+    if missing:
+        raise ValueError(f"{path} is not the config of a training run: it has no {', '.join(missing)}")
+    return config
 
 
 def load_metrics(run_dir: str) -> list[dict]:
     """The lines of a run's ``metrics.jsonl`` (none if it has no such file)."""
     path = os.path.join(run_dir, "metrics.jsonl")
-    if not os.path.isfile(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f]
+    return data_lib.read_jsonl(path) if os.path.isfile(path) else []
 
 
 def learning_rates(config: ml_collections.ConfigDict, last_step: int) -> np.ndarray:
@@ -173,13 +189,18 @@ def load_forces(run_dir: str) -> Recorded:
         raise ValueError(f"{run_dir} has no recorded forces (forces/*.npz): train with config.record_forces")
     steps, lr, values, names = [], [], [], None
     for path in paths:
-        with np.load(path) as f:
-            steps.append(f["steps"])
-            lr.append(f["lr"])
-            values.append(f["forces"])
-            names = names or list(f["names"])
-            if list(f["names"]) != names:
-                raise ValueError(f"{path} names other matrices than the run's first forces file")
+        try:
+            with np.load(path) as f:
+                steps.append(f["steps"])
+                lr.append(f["lr"])
+                values.append(f["forces"])
+                these = list(f["names"])
+        except Exception as e:  # zipfile, numpy and KeyError types for a damaged or foreign file
+            raise ValueError(f"the forces file {path} cannot be read ({type(e).__name__}: {e}): a damaged file; "
+                             "restore it, or analyse a copy of the run without forces/") from None
+        names = names or these
+        if these != names or values[-1].shape != (len(steps[-1]), len(names), 5):
+            raise ValueError(f"{path} names other matrices, or holds another shape, than the run's first forces file")
     steps = np.concatenate(steps)
     if not np.array_equal(steps, np.arange(1, steps.size + 1)):
         raise ValueError(f"{run_dir}/forces does not cover steps 1 … {steps.max()} without gaps (a partial run?)")
@@ -364,3 +385,105 @@ def recovery_table(data: Measured, recorded: Recorded | None, lr: np.ndarray, we
                          "true": (true_sums[j] if true_sums is not None else float("nan"))}
                         for j, (a, b, r) in enumerate(zip(knots[:-1], knots[1:], sums))]
     return rows, scatter
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The section of the report
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _per_knot(steps, groups: dict, key: str) -> sections.Table:
+    names = sorted(groups)
+    return sections.Table(("step", *names), [{"step": int(s), **{g: float(groups[g][key][i]) for g in names}}
+                                             for i, s in enumerate(steps)])
+
+
+def _share(value: float) -> str:
+    return f"{value:.1%}"
+
+
+def section(data: Measured, figs: str, config: ml_collections.ConfigDict | None = None,
+            recorded: Recorded | None = None, closed_loop_spacings=(1, 50, 250, 500),
+            recovery_spacings=(250, 500, 1000), table_steps=TABLE_STEPS) -> sections.Section:
+    """The force-budget paper's part of a report (§4–6, App. A–B): Weibull trajectories, k-lock, λ phases,
+    FFN init ratio; with the run's config and recorded forces, the budget tables, closed loop and recovery."""
+    out = sections.Section("Weibull trajectories and the force budget (arXiv 2606.19367)")
+    steps = data.steps
+    numbers = out.numbers
+    paper = reference.PAPER_HEADLINES
+
+    def compare(quantity: str, ours: str, key: str) -> None:
+        out.comparisons.append(sections.Comparison(quantity, ours, *paper[key]))
+
+    out.tables["matrices"] = sections.table(matrix_rows(data))
+    by_kind, by_class = group_medians(data, "kind"), group_medians(data, "class")
+    for key in ("scale", "k"):
+        out.tables[f"{key}_by_kind"] = _per_knot(steps, by_kind, key)
+        out.tables[f"{key}_by_class"] = _per_knot(steps, by_class, key)
+    lock = k_lock(data)
+    out.tables["k_lock"] = sections.table([{"step": int(s), "median": lock["median"][i], "min": lock["min"][i],
+                                            "max": lock["max"][i]} for i, s in enumerate(steps)])
+    numbers["k_lock"] = {"median_over_blocks_and_knots": float(np.median(lock["per_block"])),
+                         "range_over_blocks_and_knots": [float(lock["per_block"].min()),
+                                                         float(lock["per_block"].max())]}
+    compare("k-lock (per-block Transmission k, median over blocks and knots)",
+            f"{numbers['k_lock']['median_over_blocks_and_knots']:.4f}", "k_lock")
+    lr = weight_decay = None
+    if config is not None:
+        lr = learning_rates(config, int(steps[-1]) + 1)
+        weight_decay = float(config.optimizer.weight_decay)
+        if recorded is not None:
+            n = min(len(recorded.lr), len(lr))
+            if not np.allclose(recorded.lr[:n], lr[:n], rtol=1e-3, atol=1e-12):  # a mismatch, not float32 fusion order
+                raise ValueError("the recorded learning rates differ from the config's schedule")
+    lam = numbers["lambda_transmission"] = lambda_phases(
+        steps, by_class[TRANSMISSION]["scale"], lr[-1] if lr is not None else None, weight_decay or 0.0)
+    compare("λ peak (Transmission median)", f"{lam['peak_scale']:.4f} at step {lam['peak_step']}", "lambda_peak")
+    model = models.config_from_fields(config.model.to_dict()) if config is not None and "model" in config else None
+    ratio = init_ratio(data, model)
+    if ratio:
+        numbers["ffn_in_out_ratio"] = {"init": float(ratio["ratio"][0]), "final": float(ratio["ratio"][-1]),
+                                       "recipe_sigma_ratio": ratio.get("recipe")}
+    out.figures += [figures.lambda_by_kind(steps, by_kind, by_class, figs),
+                    figures.k_trajectory(steps, by_kind, lock, figs),
+                    figures.lambda_heatmap(steps, per_block(data, data.scale), figs)]
+
+    if recorded is not None:
+        at, over = budget_tables(recorded, table_steps)
+        out.tables["force_shares_at_steps"] = sections.table(at)
+        out.tables["force_shares_windows"] = sections.table(over)
+        terms = ("alignment", "injection", "decay", "higher_order")
+        numbers["force_shares"] = {
+            "at_steps": {r["step"]: {k: r[k] for k in terms} for r in at if r["group"] == TRANSMISSION},
+            "windows": {f"{r['first']}-{r['last']}": {k: r[k] for k in terms}
+                        for r in over if r["group"] == TRANSMISSION}}
+        windows = [r for r in over if r["group"] == TRANSMISSION]
+        rise = next((r for r in windows if r["first"] == 1 and r["last"] == min(5000, recorded.forces.shape[0])),
+                    windows[0])
+        compare(f"alignment share, Transmission, steps {rise['first']}–{rise['last']}", _share(rise["alignment"]),
+                "alignment_share_rise")
+        compare(f"injection share, steps {rise['first']}–{rise['last']}", _share(rise["injection"]),
+                "injection_share_rise")
+        end = windows[-1]
+        compare(f"decay share, steps {end['first']}–{end['last']}", _share(end["decay"]), "decay_share_end")
+        out.figures.append(figures.force_shares(*binned_shares(recorded.forces, recorded.transmission_columns()),
+                                                figs))
+        loop_rows, curve = closed_loop_table(data, recorded, closed_loop_spacings)
+        out.tables["closed_loop"] = sections.table(loop_rows)
+        numbers["closed_loop"] = loop_rows
+        if loop_rows:
+            compare(f"closed loop logRMSE, Δ = {loop_rows[0]['spacing']} ({loop_rows[0]['bridge']} bridge)",
+                    f"{loop_rows[0]['log_rmse']:.4f}", "closed_loop_log_rmse")
+            out.figures.append(figures.closed_loop(curve, loop_rows[0]["log_rmse"], figs))
+    if lr is not None:
+        rows, scatter = recovery_table(data, recorded, lr, weight_decay, recovery_spacings)
+        out.tables["recovery"] = sections.table(rows)
+        out.tables["recovery_intervals"] = sections.table(scatter)
+        numbers["recovery"] = rows
+        for method, key in (("spline", "spline_recovery"), ("two_point", "two_point_recovery")):
+            rates = [f"{r['rate']:.3f} (Δ = {r['spacing']})" for r in rows if r["method"] == method and "rate" in r]
+            if rates:
+                compare(f"{method.replace('_', '-')} recovery of the alignment force", ", ".join(rates), key)
+        if rows and recorded is not None:
+            out.figures.append(figures.recovery_scatter(scatter, figs))
+    return out

@@ -15,8 +15,9 @@ import os
 
 import numpy as np
 
+from analysis import figures, sections
 from analysis import series as series_lib
-from weibull_jax import snapshots, spectra
+from weibull_jax import reference, snapshots, spectra
 
 
 class Spectra:
@@ -91,4 +92,35 @@ def summary(rows: list[dict]) -> dict:
                                                   "floor": floor, "peak_over_floor": float(values[peak] / floor)
                                                   if floor > 0 else float("inf"),
                                                   "interval": int(rows[-1]["interval"])}
+    return out
+
+
+def training_loss(run_dir: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(steps, LM loss) from a run's metrics lines, or None."""
+    lines = series_lib.load_metrics(run_dir)
+    if not lines:
+        return None
+    return np.asarray([x["step"] for x in lines]), np.asarray([x.get("lm_loss", x["loss"]) for x in lines])
+
+
+def section(data: series_lib.Measured, run_dir: str | None, figs: str) -> sections.Section:
+    """SoSD tables and figure: from the live spectra of a run where it wrote them, and from the snapshots."""
+    out = sections.Section("Stability of the singular distribution (SoSD)")
+    first_rows = None
+    for table in (t for t in (live_spectra(run_dir) if run_dir else None, snapshot_spectra(data)) if t):
+        rows = sd_rows(table)
+        first_rows = first_rows or rows
+        if table.source == "snapshots":
+            cosines = weight_cosines(data)
+            for i, row in enumerate(rows):
+                row.update({f"weight_cosine_final_{g}": float(v[i + 1]) for g, v in cosines.items()})
+        out.tables[f"sosd_{table.source}"] = sections.table(rows)
+        out.numbers[f"sosd_{table.source}"] = summary(rows)
+    if first_rows:
+        out.figures.append(figures.sd_variation(first_rows, training_loss(run_dir) if run_dir else None, figs))
+        source = next(k for k in ("sosd_live", "sosd_snapshots") if k in out.numbers)
+        ours = "; ".join(f"{g}: peak {v['peak']:.2e} at step {v['peak_step']}, floor {v['floor']:.2e}"
+                         for g, v in out.numbers[source].items())
+        out.comparisons.append(sections.Comparison(f"SD variation ({source.removeprefix('sosd_')})", ours,
+                                                   *reference.PAPER_HEADLINES["sd_variation_shape"]))
     return out

@@ -43,6 +43,6 @@ def get_config(optimizer: str = "adamw"):
     config.ckpt_every = 1000
     config.keep_checkpoints = 1
     config.snapshot_every = 200
-    config.spectra_every = 200
+    config.spectra_every = 0  # the backbone reads the weights' trajectory, not their spectra
     config.probe.enabled = True
     return config

@@ -22,4 +22,5 @@ def get_config(seed: str = "1"):
     config.ckpt_every = 1000
     config.keep_checkpoints = 2
     config.snapshot_every = 250
+    config.spectra_every = 0  # V1b reads the weights' Weibull fits and forces, not spectra (the SoSD configs do)
     return config

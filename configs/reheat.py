@@ -17,5 +17,4 @@ def get_config(lr: str = "6e-4"):
     config.probe.weights = ((0, 4.0),)
     config.probe.eval_every = 100
     config.snapshot_every = 100
-    config.spectra_every = 100
     return config

@@ -50,6 +50,13 @@ def test_report_of_a_run(run_dir, tmp_path):
         ["closed_loop.png", "force_shares.png", "k_trajectory.png", "lambda_by_kind.png", "lambda_heatmap.png",
          "recovery_scatter.png", "sd_variation.png", "backbone_decomposition.png", "update_alignment.png",
          "anisotropy.png"])
+    # the page: every figure embedded, every table present, the papers' numbers, the config
+    page = (report_dir / "index.html").read_text()
+    assert page.count('src="data:image/png;base64,') == len(os.listdir(report_dir / "figures"))
+    for table in os.listdir(report_dir / "tables"):
+        assert f"tables/{table}" in page, table
+    assert "Headline numbers next to the papers" in page and "0.92–0.94" in page and "&quot;optimizer&quot;" in page
+    assert not [n for n in os.listdir(report_dir) if n.startswith(".")]  # the staging folder is gone
     # the snapshot norms agree with the norms the training loop logged at the same steps
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         logged = {m["step"]: m["norms"]["class"]["transmission"]["sq_norm"] for m in map(json.loads, f)}

@@ -137,6 +137,13 @@ def _config(tmp_path, cache, **changes):
     ({"probe.enabled": True, "probe.eval_every": 7}, r"eval_every \(7\) must be a positive multiple"),
     ({"probe.enabled": True, "probe.rate": 1.5}, r"probe.rate must lie in \[0, 1\]"),
     ({"probe.enabled": True}, "the tokenizer has 1024 tokens but the model's vocabulary is 512"),
+    ({"optimizer.b2": 1.0}, r"optimizer.b2 must lie in \[0, 1\)"),
+    ({"optimizer.eps": 0.0}, "eps must be positive"),
+    ({"model.n_heads": 0}, "n_heads must be a positive integer"),
+    ({"model.dtype": "float8"}, "model dtype 'float8'"),
+    ({"keep_checkpoints": -1}, "keep_checkpoints and config.seed must be >= 0"),
+    ({"data.vocab_size": 100}, "must be at least 258"),
+    ({"probe.enabled": True, "probe.gap": (30, 5)}, "must be increasing positive ranges"),
 ])
 def test_bad_inputs_give_one_clear_message(tmp_path, cache, changes, message):
     with pytest.raises((ValueError, FileNotFoundError), match=message):
@@ -190,3 +197,38 @@ def test_a_restart_drops_forces_beyond_the_checkpoint_and_half_written_files(tmp
         (tmp_path / "forces" / name).write_bytes(b"")
     run._truncate(20)
     assert sorted(os.listdir(tmp_path / "forces")) == ["00000010.npz", "00000020.npz"]
+
+
+def test_a_full_disk_stops_with_one_line_and_the_run_resumes_once_space_is_back(tmp_path, cache):
+    """A run directory on a small tmpfs: filled up between two legs of a run, the second leg stops at its first
+    write with one line naming the last complete checkpoint; with the space back, the same command resumes."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        workdir = disk / "run"
+
+        def leg(steps):  # the same run, 20 then 40 steps (the config's steps may change on a resume)
+            return _small(workdir, cache, steps=steps) + ["--config.optimizer.warmup_steps=5"]
+
+        first = subprocess.run(leg(20), cwd=ROOT, capture_output=True, text=True,
+                               timeout=600)
+        assert first.returncode == 0, first.stderr[-3000:]
+        filler = disk / "filler"
+        free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+        with open(filler, "wb") as f:
+            f.write(b"\0" * (free - 64 * 1024))
+        full = subprocess.run(leg(40), cwd=ROOT, capture_output=True, text=True,
+                              timeout=600)
+        assert full.returncode != 0 and "Traceback" not in full.stderr, full.stderr[-3000:]
+        assert "train.main: writing the run directory failed" in full.stderr
+        assert "the last complete checkpoint is step 20" in full.stderr
+        os.remove(filler)
+        again = subprocess.run(leg(40), cwd=ROOT, capture_output=True, text=True,
+                               timeout=600)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert [m["step"] for m in _metrics(workdir)] == list(range(5, 41, 5))
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)

@@ -43,6 +43,13 @@ class Checkpoints:
                              f"({type(e).__name__}: {e}); move it away to resume from an earlier one") from e
         return restored.state, step
 
-    def close(self) -> None:
-        self._manager.wait_until_finished()
-        self._manager.close()
+    def close(self, failed: bool = False) -> None:
+        """Waits for the last save. After a failure (``failed``) a save that cannot finish either is dropped
+        quietly: its temporary folder is never read, and the first error is the one to report."""
+        try:
+            self._manager.wait_until_finished()
+            self._manager.close()
+        except Exception as e:  # orbax and tensorstore error types: a full disk, a vanished folder
+            if not failed:
+                raise OSError(f"the last checkpoint in {self.directory} could not be written "
+                              f"({str(e).splitlines()[0][:300]})") from e

@@ -39,7 +39,7 @@ def main(argv):
     logging.info("JAX %s on %s; run directory %s", jax.__version__, jax.devices(), workdir)
     try:
         train.train_and_evaluate(config, workdir)
-    except (ValueError, train.NonFiniteError) as e:  # bad inputs and diverged runs: one message, no traceback
+    except (ValueError, OSError, train.NonFiniteError) as e:  # bad inputs, full disks, diverged runs: one line
         sys.exit(f"train.main: {e}")
 
 

@@ -10,6 +10,8 @@ checkpoint, so the files read as if the run had never stopped.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import glob
 import json
 import os
@@ -20,7 +22,7 @@ import numpy as np
 from absl import logging
 
 import weibull_jax
-from weibull_jax import forces, taxonomy, tree
+from weibull_jax import data, forces, taxonomy, tree
 
 GROUPINGS = ("class", "kind", "block")
 FORCES_FILE = re.compile(r"\d{8}\.npz")
@@ -34,6 +36,31 @@ def _grouped(values: np.ndarray, names: list[str], by: str) -> dict[str, np.ndar
         key = forces.group_key(name, by)
         out[key] = out.get(key, 0.0) + v
     return out
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``{workdir}/.lock``: a second process on the same run directory is refused.
+    The kernel drops the lock when its holder exits, however it exits (a SIGKILL leaves no stale lock)."""
+
+    def __init__(self, workdir: str):
+        os.makedirs(workdir, exist_ok=True)
+        self.path = os.path.join(workdir, ".lock")
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = os.pread(self._fd, 64, 0).decode(errors="replace").strip() or "another process"
+            os.close(self._fd)
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            raise ValueError(f"{workdir} is in use by a running training process (pid {holder}): wait for it to "
+                             "finish, stop it, or give another --workdir") from None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, str(os.getpid()).encode(), 0)
+
+    def release(self) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
 
 
 class RunRecords:
@@ -51,8 +78,7 @@ class RunRecords:
                 raise ValueError(f"{workdir} holds a run with a different config ({', '.join(changed)} differ); "
                                  "give a new --workdir (nothing was overwritten)")
         os.makedirs(os.path.join(workdir, "forces"), exist_ok=True)
-        with open(config_path, "w") as f:
-            f.write(config_json)
+        write_text(config_path, config_json)
         self.metrics_path = os.path.join(workdir, "metrics.jsonl")
         self._steps: list[np.ndarray] = []
         self._lr: list[np.ndarray] = []
@@ -70,10 +96,8 @@ class RunRecords:
 
     def _truncate(self, resume_step: int) -> None:
         if os.path.isfile(self.metrics_path):
-            with open(self.metrics_path) as f:
-                keep = [line for line in f if json.loads(line)["step"] <= resume_step]
-            with open(self.metrics_path, "w") as f:
-                f.writelines(keep)
+            keep = [json.dumps(line) + "\n" for line in data.read_jsonl(self.metrics_path) if line["step"] <= resume_step]
+            write_text(self.metrics_path, "".join(keep))
         for path in glob.glob(os.path.join(self.workdir, "forces", "*.npz")):
             name = os.path.basename(path)  # beyond the checkpoint, or half-written when the run was killed
             if not FORCES_FILE.fullmatch(name) or int(name[:-4]) > resume_step:
@@ -120,14 +144,30 @@ class RunRecords:
         self._steps, self._lr, self._forces = [], [], []
 
     def close(self, summary: dict) -> None:
-        with open(os.path.join(self.workdir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=2)
+        write_text(os.path.join(self.workdir, "summary.json"), json.dumps(summary, indent=2))
         self._tensorboard.close()
 
 
+def ensure_space(directory: str, needed: int, what: str) -> None:
+    """Raises ``OSError(ENOSPC)`` naming ``what`` before a write of ``needed`` bytes that the disk holding
+    ``directory`` cannot take (a full disk met halfway through orbax's or TensorBoard's own threads leaves
+    their tracebacks and half-written files; met here, it is one message)."""
+    stat = os.statvfs(directory)
+    free = stat.f_bavail * stat.f_frsize
+    if free < needed:
+        raise OSError(errno.ENOSPC, f"{free / 2**20:.1f} MiB free on the disk of {directory}, {what} needs about "
+                                    f"{needed / 2**20:.1f} MiB")
+
+
+def write_text(path: str, text: str) -> None:
+    """Writes a file atomically: a reader (or a restart after a kill) sees the old file or the new one."""
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
 def write_json(path: str, value) -> None:
-    with open(path, "w") as f:
-        json.dump(value, f)
+    write_text(path, json.dumps(value))
 
 
 def _flatten(d: dict, prefix: str = ""):
@@ -149,7 +189,7 @@ def force_shares(workdir: str, first: int = 1, last: int | None = None) -> dict[
     [first, last] (default: the whole run), from the per-matrix files; ``higher_order`` is (|cross| + |wd2|)
     on the same scale."""
     totals: dict[str, np.ndarray] = {}
-    for path in sorted(glob.glob(os.path.join(workdir, "forces", "*.npz"))):
+    for path in sorted(glob.glob(os.path.join(workdir, "forces", "[0-9]" * 8 + ".npz"))):
         with np.load(path) as f:
             steps = f["steps"]
             window = (steps >= first) & (steps <= (last if last is not None else steps.max()))
@@ -167,7 +207,7 @@ def force_shares(workdir: str, first: int = 1, last: int | None = None) -> dict[
 
 def summarize(run: RunRecords, params, throughput: dict | None = None) -> dict:
     """Final loss, force shares per class, the Weibull k and λ per class (medians over matrices), and the
-    whole-program throughput from the first log step to the last write (everything after compilation)."""
+    whole-program throughput from the end of the first step to the last write (everything after compilation)."""
     names = run.names
     _, leaves, _, _ = tree.named_leaves(params)
     fits = weibull_jax.fit_weibull_tree(dict(zip(names, leaves)))

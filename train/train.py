@@ -20,6 +20,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import signal
+import sys
 import time
 from typing import Any, Callable
 
@@ -94,17 +95,21 @@ def make_train_step(model_config: models.ModelConfig, optimizer: optax.GradientT
     return jax.jit(step, donate_argnums=0)
 
 
-def make_probe_eval(model_config: models.ModelConfig, eval_sets: dict[str, dict[str, np.ndarray]]) -> Callable:
-    """``evaluate(params) -> {"p_in": …, "p_ood": …}``: argmax accuracy on each fixed probe set (on device)."""
+def make_probe_eval(model_config: models.ModelConfig, eval_sets: dict[str, dict[str, np.ndarray]],
+                    params: Any) -> Callable:
+    """``evaluate(params) -> {"p_in": …, "p_ood": …}``: argmax accuracy on each fixed probe set (on device),
+    compiled here for ``params``' shapes, so that the first evaluation inside the loop does not stall it. The
+    sets are arguments, not constants of the program (XLA would spend seconds folding 2,000 × seq_len
+    constants)."""
     model = models.CausalLM(model_config)
-    sets = {name: jax.tree.map(jnp.asarray, s) for name, s in eval_sets.items()}
+    sets = jax.tree.map(jnp.asarray, eval_sets)
 
-    @jax.jit
-    def evaluate(params):
+    def evaluate(params, sets):
         return {name: probe.accuracy(lambda t: model.apply({"params": params}, t), s["tokens"], s["probe_mask"])
                 for name, s in sets.items()}
 
-    return evaluate
+    compiled = jax.jit(evaluate).lower(params, sets).compile()
+    return lambda params: compiled(params, sets)
 
 
 @jax.jit
@@ -185,6 +190,32 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     if config.data.seq_len > config.model.max_seq_len:
         raise ValueError(f"config.data.seq_len ({config.data.seq_len}) exceeds config.model.max_seq_len "
                          f"({config.model.max_seq_len})")
+    o = config.optimizer
+    unit = {"optimizer.b1": (o.b1, False), "optimizer.b2": (o.b2, False), "optimizer.momentum": (o.momentum, False),
+            "optimizer.floor": (o.floor, True), "optimizer.gamma": (o.gamma, True),
+            "optimizer.decay_fraction": (o.decay_fraction, True)}
+    for name, (value, closed) in unit.items():  # β and momentum in [0, 1); the schedule's fractions in [0, 1]
+        if not (0 <= value <= 1 if closed else 0 <= value < 1):
+            raise ValueError(f"config.{name} must lie in [0, 1{']' if closed else ')'}, got {value!r}")
+    if not o.eps > 0 or not o.clip_norm >= 0 or not (o.adam_lr >= 0):
+        raise ValueError(f"config.optimizer.eps must be positive and clip_norm, adam_lr >= 0 (0: off); got "
+                         f"{o.eps}, {o.clip_norm}, {o.adam_lr}")
+    if o.schedule == "step" and not all(0 < m < 1 for m in o.milestones):
+        raise ValueError(f"config.optimizer.milestones must be fractions of the run in (0, 1), got {o.milestones}")
+    if config.keep_checkpoints < 0 or config.seed < 0:
+        raise ValueError(f"config.keep_checkpoints and config.seed must be >= 0, got {config.keep_checkpoints}, "
+                         f"{config.seed}")
+    if not config.data.tokenizer and config.data.vocab_size < 258:
+        raise ValueError(f"config.data.vocab_size ({config.data.vocab_size}) must be at least 258 for the trained "
+                         "byte-level BPE (256 bytes, the end-of-text token and one merge)")
+    models.config_from_fields(config.model.to_dict())  # the model's own checks (shapes, dtype, init)
+    if config.probe.enabled:
+        p = config.probe
+        lo, hi = p.gap
+        ood_lo, ood_hi = p.ood_gap
+        if not (0 < lo <= hi and 0 < ood_lo <= ood_hi) or p.eval_size <= 0 or p.codewords <= 0:
+            raise ValueError(f"config.probe: gap {tuple(p.gap)} and ood_gap {tuple(p.ood_gap)} must be increasing "
+                             f"positive ranges, eval_size ({p.eval_size}) and codewords ({p.codewords}) positive")
 
 
 class NonFiniteError(RuntimeError):
@@ -207,10 +238,8 @@ def _first_non_finite(window: dict[str, np.ndarray], names: list[str]) -> str | 
     return where
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Trains (or resumes) the run in ``workdir``; returns the final summary."""
-    check_config(config)
-    workdir = os.path.abspath(workdir)  # orbax's commits need an absolute path
+def setup(config: ml_collections.ConfigDict):
+    """What a run of ``config`` trains with: (model config, corpus, batch dataset, step-0 state, jitted step)."""
     model_config = models.config_from_fields(config.model.to_dict())
     corpus = data.prepare(config.data, config.probe)
     if corpus.tokenizer.get_vocab_size() > model_config.vocab_size:
@@ -219,21 +248,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                          "codewords to the tokenizer) or shrink the tokenizer")
     batches = data.training_batches(corpus.tokens, config.data.seq_len, config.batch_size, config.seed, corpus.task,
                                     config.probe.rate)
-
     optimizer, schedule, adam, leaf_lr = optimizer_of(config)
     params = initial_params(config, model_config)
     state = create_train_state(model_config, optimizer, jax.random.key(config.seed), params)
-    names = matrix_names(state.params)
     weight_decay = jax.tree.map(lambda on: config.optimizer.weight_decay if on else 0.0,
                                 optim.matrices_decay(state.params))
     probe_weight = probe.weight_schedule(config.probe.weights) if corpus.task else None
     step_fn = make_train_step(model_config, optimizer, schedule, weight_decay, adam, config.record_forces,
                               probe_weight, leaf_lr)
+    return model_config, corpus, batches, state, step_fn
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains (or resumes) the run in ``workdir``; returns the final summary."""
+    check_config(config)
+    workdir = os.path.abspath(workdir)  # orbax's commits need an absolute path
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ValueError(f"--workdir {workdir} is a file, not a run directory: give a folder")
+    lock = records.RunLock(workdir)  # before anything is read from or written to the run directory
+    try:
+        return _train(config, workdir)
+    finally:
+        lock.release()
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    model_config, corpus, batches, state, step_fn = setup(config)
+    names = matrix_names(state.params)
     evaluate = None
     if corpus.task:
         evaluate = make_probe_eval(model_config, {
             name: probe.eval_set(corpus.task, config.probe.eval_size, config.data.seq_len, gap, config.probe.seed + i)
-            for i, (name, gap) in enumerate((("p_in", tuple(config.probe.gap)), ("p_ood", tuple(config.probe.ood_gap))))})
+            for i, (name, gap) in enumerate((("p_in", tuple(config.probe.gap)), ("p_ood", tuple(config.probe.ood_gap))))},
+            state.params)
 
     run = records.RunRecords(workdir, config, names)
     manager = checkpoints.Checkpoints(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
@@ -241,11 +288,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     state, resumed = manager.restore_latest(state, iterator)
     run.start(resumed)
     snapshot_dir = os.path.join(workdir, "snapshots")
+    layout_size = snapshots.layout_of(state.params).size
+    state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
+    margin = 16 << 20  # metrics, TensorBoard events, forces files: what a write needs besides its own bytes
     spectra_dir = os.path.join(workdir, "spectra")
-    if config.snapshot_every and resumed:
+    if config.snapshot_every:
+        if not resumed:
+            snapshots.write_layout(snapshot_dir, snapshots.layout_of(state.params))
         snapshots.drop_after(snapshot_dir, resumed)
-    elif config.snapshot_every:
-        snapshots.write_layout(snapshot_dir, snapshots.layout_of(state.params))
     if config.spectra_every:
         os.makedirs(spectra_dir, exist_ok=True)
         records.write_json(os.path.join(spectra_dir, "names.json"), spectra.trunk_names(state.params,
@@ -275,16 +325,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     def snapshot(step: int) -> None:
         if due(config.snapshot_every, step):
-            enqueue(True, snapshots.write, snapshot_dir, step, snapshots.flatten(state.params))
+            records.ensure_space(workdir, margin + 4 * layout_size, f"the snapshot of step {step}")
+            flat = snapshots.flatten(state.params)
+            flat.copy_to_host_async()  # the device→host copy starts now, without the worker thread or the GIL
+            enqueue(True, snapshots.write, snapshot_dir, step, flat)
         if due(config.spectra_every, step):  # the SD table (trunk matrices × r): small, no copy of the weights
             enqueue(False, snapshots.write, spectra_dir, step, trunk_distributions(state.params))
 
     if not resumed:
         snapshot(0)
     clock = [time.perf_counter()]
-    steady: dict = {}  # the clock and step at the first log, after compilation: whole-program throughput
+    steady: dict = {}  # the clock and step once the first step (and its compilation) is done: throughput
 
     def record(pending, sq_norms, copy, data_state, evals):
+        records.ensure_space(workdir, margin + (state_bytes if copy is not None else 0),
+                             "the next log interval and checkpoint" if copy is not None else "the next log interval")
         window = _drain(pending)
         bad = _first_non_finite(window, names)
         if bad:
@@ -294,39 +349,47 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         run.log(window, np.asarray(sq_norms), sizes, (now - clock[0]) / window["step"].size,
                 config.batch_size * config.data.seq_len, config.steps, jax.device_get(evals))
         clock[0] = now
-        steady.setdefault("start", (now, int(window["step"][-1])))
         if copy is not None:
             step = int(window["step"][-1])
             manager.save(step, copy, data_state)
             run.flush_forces(step)
 
-    def submit(pending, checkpoint: bool) -> None:
+    def submit(pending, checkpoint: bool, data_state: dict) -> None:
         copy = jax.tree.map(jnp.copy, state) if checkpoint else None
-        data_state = iterator.get_state() if checkpoint else None
         evals = evaluate(state.params) if evaluate and due(config.probe.eval_every, done) else {}
-        enqueue(checkpoint, record, pending, matrix_sq_norms(state.params), copy, data_state, evals)
+        enqueue(checkpoint, record, pending, matrix_sq_norms(state.params), copy, data_state if checkpoint else None,
+                evals)
 
     done = resumed  # the host's count of steps taken: reading state.step would wait for the device
     pending: list[dict] = []
+    feed = data.prefetch_to_device(iterator)
     try:
         while done < config.steps and stop["signal"] is None:
-            state, metrics = step_fn(state, jax.tree.map(jnp.asarray, next(iterator)))
+            batch, data_state = next(feed)
+            state, metrics = step_fn(state, batch)
             done += 1
+            if not steady:  # one wait, once: the whole-program clock starts when the first step is done
+                jax.block_until_ready(metrics)
+                steady["start"] = (time.perf_counter(), done)
             pending.append({"step": done, **metrics})
             snapshot(done)
             if done % config.log_every == 0 or done == config.steps:
-                submit(pending, done % config.ckpt_every == 0 or done == config.steps)
+                submit(pending, done % config.ckpt_every == 0 or done == config.steps, data_state)
                 pending = []
         if stop["signal"] is not None and pending:
-            submit(pending, checkpoint=True)
+            submit(pending, True, data_state)
         while in_flight:
             in_flight.pop(0)[1].result()
         if stop["signal"] is not None:
             logging.info("SIGTERM: saved the checkpoint at step %d and stopped", done)
+    except OSError as e:  # a full disk, a vanished or read-only folder: where the run can resume from
+        raise OSError(f"writing the run directory failed at step {done} ({e}); the last complete checkpoint is "
+                      f"step {manager.latest_step() or 'none'} in {manager.directory}: free space (or fix the "
+                      "folder) and rerun the same command to resume from it") from e
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
         worker.shutdown(wait=True, cancel_futures=True)
-        manager.close()
+        manager.close(failed=sys.exc_info()[0] is not None)
     throughput = None
     if "start" in steady and done > steady["start"][1]:
         seconds = time.perf_counter() - steady["start"][0]

@@ -17,6 +17,7 @@ default run needs nothing from the network beyond a package registry.
 
 from __future__ import annotations
 
+import collections
 import glob
 import hashlib
 import json
@@ -24,6 +25,7 @@ import os
 from typing import Any, Iterator, NamedTuple
 
 import grain
+import jax
 import numpy as np
 
 from weibull_jax import probe
@@ -37,35 +39,73 @@ def corpus_files(spec: str) -> list[str]:
     """The files of a corpus spec: ``"default"``, a folder (every file below it), a glob, or a comma list."""
     if spec == "default":
         if not os.path.isdir(DEFAULT_CORPUS):
-            raise FileNotFoundError(f"the default corpus {DEFAULT_CORPUS} is missing: install it with "
-                                    f"`apt-get install {DEFAULT_CORPUS_PACKAGE}` or give --config.data.corpus")
+            raise ValueError(f"the default corpus {DEFAULT_CORPUS} is missing: install it with "
+                             f"`apt-get install {DEFAULT_CORPUS_PACKAGE}` or give --config.data.corpus")
         spec = DEFAULT_CORPUS
     files: list[str] = []
     for part in spec.split(","):
         part = os.path.expanduser(part.strip())
         if os.path.isdir(part):
-            files += [p for p in glob.glob(os.path.join(part, "**", "*"), recursive=True) if os.path.isfile(p)]
+            found = [p for p in glob.glob(os.path.join(part, "**", "*"), recursive=True) if os.path.isfile(p)]
         else:
-            files += [p for p in glob.glob(part) if os.path.isfile(p)]
-    if not files:
-        raise FileNotFoundError(f"corpus {spec!r} names no files")
-    return sorted(files)
+            found = [p for p in glob.glob(part) if os.path.isfile(p)]
+        if not found:
+            raise ValueError(f"corpus {part!r} names no files (no such file, folder or glob match, or an empty "
+                             "folder): give --config.data.corpus=DIR|GLOB|FILE,FILE of .txt/.jsonl/.parquet files")
+        files += found
+    unreadable = [p for p in files if not os.access(p, os.R_OK)]
+    if unreadable:
+        raise ValueError(f"corpus file {unreadable[0]!r} is not readable ({len(unreadable)} such file(s)): fix its "
+                         "permissions or leave it out of --config.data.corpus")
+    return sorted(set(files))
 
 
 def read_documents(path: str) -> Iterator[str]:
     """The documents of one file: the whole text, each JSON line's ``text``, or each parquet row's."""
     if path.endswith(".jsonl"):
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                if line.strip():
-                    yield json.loads(line)["text"]
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    text = json.loads(line)["text"]
+                except (ValueError, KeyError, TypeError):
+                    raise ValueError(f"{path}, line {number}: not a JSON object with a \"text\" field (a .jsonl "
+                                     "corpus holds one {\"text\": ...} per line)") from None
+                if not isinstance(text, str):
+                    raise ValueError(f"{path}, line {number}: its \"text\" is a {type(text).__name__}, not a string")
+                yield text
     elif path.endswith(".parquet"):
-        import pyarrow.parquet as pq
-
-        yield from pq.read_table(path, columns=["text"]).column("text").to_pylist()
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise ValueError(f"{path}: reading a .parquet corpus needs pyarrow (pip install pyarrow)") from None
+        try:
+            column = pq.read_table(path, columns=["text"]).column("text")
+        except Exception as e:  # pyarrow's own error types: not parquet, no such column
+            raise ValueError(f"{path}: not a parquet file with a \"text\" column ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0]})") from None
+        yield from (t for t in column.to_pylist() if isinstance(t, str))
     else:
         with open(path, encoding="utf-8", errors="replace") as f:
             yield f.read()
+
+
+def read_jsonl(path: str) -> list[dict]:
+    """The objects of a JSON-lines file that a process appends to (``metrics.jsonl``): a last line cut short
+    (its writer was killed while appending it) is dropped; a bad line anywhere else is an error naming it."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = f.read().split("\n")
+    out = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            if number < len(lines):  # a complete line (a newline follows it) that does not parse
+                raise ValueError(f"{path}, line {number}: not a JSON line (a damaged file: remove that line)") from None
+    return out
 
 
 def _fingerprint(files: list[str], *extra: str) -> str:
@@ -84,8 +124,13 @@ def load_tokenizer(path: str, files: list[str], vocab_size: int, cache_dir: str)
 
     if path:
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"tokenizer file {path!r} does not exist")
-        return Tokenizer.from_file(path)
+            raise ValueError(f"tokenizer file {path!r} does not exist: give --config.data.tokenizer=tokenizer.json "
+                             "(e.g. GPT-NeoX's), or leave it empty to train a BPE on the corpus")
+        try:
+            return Tokenizer.from_file(path)
+        except Exception as e:  # tokenizers raises a bare Exception for unreadable files
+            raise ValueError(f"tokenizer file {path!r} cannot be read as a HuggingFace tokenizer.json "
+                             f"({str(e).splitlines()[0][:200]})") from None
     cached = os.path.join(cache_dir, f"bpe-{vocab_size}-{_fingerprint(files)}.json")
     if os.path.isfile(cached):
         return Tokenizer.from_file(cached)
@@ -177,3 +222,20 @@ def training_batches(tokens: np.ndarray, seq_len: int, batch_size: int, seed: in
         dataset = dataset.random_map(lambda chunk, rng: probe.inject(task, chunk, rng, probe_rate), seed=seed)
     return dataset.batch(batch_size, drop_remainder=True).to_iter_dataset(
         grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
+
+
+def prefetch_to_device(iterator: Any, size: int = 2) -> Iterator[tuple[Any, dict]]:
+    """``(batch on the device, the iterator's state just after it)`` pairs, ``size`` batches transferred ahead,
+    so that a step never waits for its batch's host→device copy; the state is what a checkpoint taken after
+    that batch's step must hold (the iterator itself is ``size`` batches further on)."""
+    queue: collections.deque = collections.deque()
+
+    def pull() -> None:
+        batch = next(iterator)
+        queue.append((jax.device_put(batch), iterator.get_state()))
+
+    for _ in range(size):
+        pull()
+    while True:
+        pull()
+        yield queue.popleft()

@@ -43,7 +43,7 @@ class Layout(NamedTuple):
 
     def span(self, name: str) -> tuple[int, tuple[int, ...]]:
         if name not in self.names:
-            raise KeyError(f"no leaf named {name!r} in the snapshot layout (leaves: {self.names[:4]} …)")
+            raise ValueError(f"no leaf named {name!r} in the snapshot layout (leaves: {self.names[:4]} …)")
         i = self.names.index(name)
         return self.offsets[i], self.shapes[i]
 
@@ -78,10 +78,13 @@ def write(directory: str, step: int, flat: Any) -> None:
 
 
 def drop_after(directory: str, step: int) -> None:
-    """Removes the snapshots of steps beyond ``step`` (a resumed run rewrites them)."""
+    """Removes the snapshots of steps beyond ``step`` (a resumed run rewrites them) and the half-written
+    ``.tmp`` files of a killed one."""
     for s, path in step_files(directory):
         if s > step:
             os.remove(path)
+    for path in glob.glob(os.path.join(directory, "*.tmp")):
+        os.remove(path)
 
 
 def step_files(directory: str) -> list[tuple[int, str]]:
@@ -98,19 +101,32 @@ class Series:
         if not os.path.isfile(index):
             raise ValueError(f"{directory} is not a snapshot series: no {INDEX} (train with "
                              "config.snapshot_every > 0, or convert a HuggingFace series with from_hf_series)")
-        with open(index) as f:
-            raw = json.load(f)
+        try:
+            with open(index) as f:
+                raw = json.load(f)
+            self.layout = Layout(list(raw["names"]), [tuple(int(d) for d in s) for s in raw["shapes"]],
+                                 [int(o) for o in raw["offsets"]])
+            if not len(self.layout.names) == len(self.layout.shapes) == len(self.layout.offsets):
+                raise ValueError("names, shapes and offsets differ in length")
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{index} is damaged ({type(e).__name__}: {e}): it is not the index of a snapshot "
+                             "series") from None
         self.directory = directory
-        self.layout = Layout(raw["names"], [tuple(s) for s in raw["shapes"]], raw["offsets"])
         files = step_files(directory)
         if not files:
             raise ValueError(f"{directory} holds no snapshots")
         self.steps = np.asarray([s for s, _ in files])
-        self._arrays = [np.load(p, mmap_mode="r") for _, p in files]
-        for (step, path), a in zip(files, self._arrays):
-            if a.shape != (self.layout.size,):
-                raise ValueError(f"snapshot {path} holds {a.shape} values; the layout needs "
-                                 f"({self.layout.size},): mismatched checkpoint shapes in one series")
+        self._arrays = []
+        for step, path in files:
+            try:
+                a = np.load(path, mmap_mode="r")
+            except (ValueError, OSError, EOFError) as e:  # cut short, or not a .npy file at all
+                raise ValueError(f"snapshot {path} cannot be read ({type(e).__name__}: {e}): a damaged or "
+                                 "half-copied file; remove it (the series then skips that step)") from None
+            if a.shape != (self.layout.size,) or a.dtype != np.float32:
+                raise ValueError(f"snapshot {path} holds {a.shape} {a.dtype} values; the layout needs "
+                                 f"({self.layout.size},) float32: mismatched checkpoint shapes in one series")
+            self._arrays.append(a)
 
     @property
     def names(self) -> list[str]:

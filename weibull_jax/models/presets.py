@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 
+from weibull_jax.anchor import INIT_RECIPES
+
 FAMILIES = ("gpt_neox", "llama", "gpt2")
+DTYPES = ("float32", "bfloat16", "float16")
+ATTENTION = ("xla", "cudnn", "auto")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +49,20 @@ class ModelConfig:
     def __post_init__(self):
         if self.family not in FAMILIES:
             raise ValueError(f"unknown model family {self.family!r}; known: {FAMILIES}")
+        for name in ("d_model", "n_layers", "n_heads", "d_ff", "vocab_size", "max_seq_len"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"model {name} must be a positive integer, got {value!r}")
+        if self.n_kv_heads is not None and not self.n_kv_heads > 0:
+            raise ValueError(f"model n_kv_heads must be positive (or None: one per query head), got {self.n_kv_heads!r}")
+        if not 0 <= self.rotary_fraction <= 1 or not self.rope_base > 0 or not self.norm_eps > 0:
+            raise ValueError(f"model rotary_fraction must lie in [0, 1], rope_base and norm_eps be positive; got "
+                             f"{self.rotary_fraction}, {self.rope_base}, {self.norm_eps}")
+        if self.dtype not in DTYPES or self.attention not in ATTENTION:
+            raise ValueError(f"model dtype {self.dtype!r} / attention {self.attention!r}: known {DTYPES} / {ATTENTION}")
+        for recipe in (self.init_in, self.init_out):
+            if recipe not in INIT_RECIPES:
+                raise ValueError(f"unknown init recipe {recipe!r}; known: {INIT_RECIPES}")
         if self.d_model % self.n_heads or self.n_heads % self.kv_heads:
             raise ValueError(f"d_model={self.d_model}, n_heads={self.n_heads} and n_kv_heads={self.kv_heads} "
                              "must divide: d_model by n_heads, n_heads by n_kv_heads")

@@ -1,0 +1,270 @@
+"""The report of a run or a checkpoint series, assembled from its sections (series, sosd, backbone).
+
+``{out}/`` receives ``report.json`` (every section's numbers), ``tables/*.csv`` (fixed columns),
+``figures/*.png`` and ``index.html``: one self-contained page (the figures embedded as data URIs, no server,
+no network) with the headline numbers next to the papers', every figure, every table and the run's config.
+Everything is first written to a staging folder beside ``{out}`` and moved into place only when the whole
+report is done, so a failed analysis leaves an earlier report as it was.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import os
+import shutil
+import time
+from typing import Any, Iterable
+
+import ml_collections
+import numpy as np
+from absl import logging
+
+from analysis import backbone, figures, sections, series, sosd
+from weibull_jax import convert, snapshots
+
+HTML_ROWS = 200  # rows of a table shown on the page; the CSV beside it has them all
+
+
+class _Staging:
+    """A folder beside ``out`` that replaces ``out``'s entries of the same names on :meth:`commit`."""
+
+    def __init__(self, out: str):
+        self.out = out
+        self.path = os.path.join(out, f".staging-{os.getpid()}")
+        shutil.rmtree(self.path, ignore_errors=True)
+        for sub in ("tables", "figures"):
+            os.makedirs(os.path.join(self.path, sub))
+
+    def commit(self) -> None:
+        for name in os.listdir(self.path):
+            target, old = os.path.join(self.out, name), os.path.join(self.out, f".old-{name}")
+            if os.path.exists(target):
+                os.replace(target, old)
+            os.replace(os.path.join(self.path, name), target)
+            if os.path.isdir(old):
+                shutil.rmtree(old)
+            elif os.path.exists(old):
+                os.remove(old)
+        os.rmdir(self.path)
+
+    def discard(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def analyze(series_dir: str, out: str, config: ml_collections.ConfigDict | None = None,
+            recorded: series.Recorded | None = None, closed_loop_spacings=(1, 50, 250, 500),
+            recovery_spacings=(250, 500, 1000), table_steps=series.TABLE_STEPS, n_heads: int | None = None,
+            run_dir: str | None = None, backbone_window: tuple[int, int] | None = None, gradient_batches: int = 0,
+            gradient_every: int = 1) -> dict:
+    """Writes the report of one snapshot series (with its run's config and recorded forces where known) and
+    returns its numbers. ``n_heads`` splits fused W_qkv for the spectra; ``run_dir`` adds the live spectra,
+    the probe accuracy and (``gradient_batches`` > 0) the gradient probes of the backbone."""
+    start = time.perf_counter()
+    series_data = snapshots.Series(series_dir)
+    if len(series_data.steps) < 2:
+        raise ValueError(f"{series_dir} holds {len(series_data.steps)} snapshot(s); a series needs at least two")
+    os.makedirs(out, exist_ok=True)
+    staging = _Staging(out)
+    try:
+        figs = os.path.join(staging.path, "figures")
+        data = series.measure(series_data, n_heads)
+        measured_s = time.perf_counter() - start
+        parts = [series.section(data, figs, config, recorded, closed_loop_spacings, recovery_spacings, table_steps),
+                 sosd.section(data, run_dir, figs),
+                 backbone.section(data, series_data, run_dir, figs, backbone_window, gradient_batches,
+                                  gradient_every)]
+        report: dict = {"series": series_dir, "knots": len(data.steps), "matrices": len(data.names),
+                        "first_step": int(data.steps[0]), "last_step": int(data.steps[-1])}
+        for part in parts:
+            report.update(part.numbers)
+            for name, table in part.tables.items():
+                table.write_csv(os.path.join(staging.path, "tables", f"{name}.csv"))
+        report["seconds"] = {"read_fit_gram": measured_s, **data.seconds, "total": time.perf_counter() - start}
+        with open(os.path.join(staging.path, "report.json"), "w") as f:
+            json.dump(report, f, indent=2, default=float)
+        title = run_dir or series_dir
+        write_page(os.path.join(staging.path, "index.html"), f"weibull-jax report: {title}", parts,
+                   summary_lines(title, report), config)
+        staging.commit()
+    except BaseException:
+        staging.discard()
+        raise
+    return report
+
+
+def analyze_run(run_dir: str, out: str, **options) -> dict:
+    """The report of a run directory of ``python -m train.main``."""
+    config = series.load_config(run_dir)
+    recorded = series.load_forces(run_dir) if config.get("record_forces") else None
+    return analyze(os.path.join(run_dir, "snapshots"), out, config, recorded, n_heads=config.model.n_heads,
+                   run_dir=run_dir, **options)
+
+
+def analyze_hf_series(root: str, out: str, schedule_config: ml_collections.ConfigDict | None, **options) -> dict:
+    """The weights-only report of a ``step{N}`` series of HuggingFace checkpoints (converted once into
+    ``{out}/snapshots``); ``schedule_config`` (the run's training config) adds the recovered alignment."""
+    series_dir = os.path.join(out, "snapshots")
+    snapshots.from_hf_series(root, series_dir)
+    first = convert.checkpoint_series(root)[0][1]
+    n_heads = convert.config_from_hf(convert.read_hf_config(first)).n_heads
+    return analyze(series_dir, out, schedule_config, None, n_heads=n_heads, **options)
+
+
+def run(run_dirs: list[str], hf_series: str, out_root: str, schedule_config=None, gradient_batches: int = 0,
+        gradient_every: int = 1, **options) -> dict[str, dict]:
+    """The reports of ``run_dirs`` (each in ``{out_root}/{name}``, default ``{run_dir}/report``) or of a
+    HuggingFace series, and with several runs their comparison page in ``out_root``; prints each summary."""
+    reports = {}
+    if hf_series:
+        out = out_root or os.path.join("reports", os.path.basename(os.path.normpath(hf_series)))
+        reports[out] = analyze_hf_series(hf_series, out, schedule_config, **options)
+    for run_dir in run_dirs:
+        out = os.path.join(out_root, os.path.basename(os.path.normpath(run_dir))) if out_root else \
+            os.path.join(run_dir, "report")
+        reports[run_dir] = analyze_run(run_dir, out, gradient_batches=gradient_batches,
+                                       gradient_every=gradient_every, **options)
+    if len(run_dirs) > 1:
+        compare_runs(run_dirs, out_root or ".")
+    for name, report in reports.items():
+        print("\n".join(summary_lines(name, report)))
+    logging.info("reports written")
+    return reports
+
+
+def compare_runs(run_dirs: list[str], out: str) -> None:
+    """Cross-run figures (the Transmission alignment share, the SD variation of each run) and their page."""
+    shares, variation = {}, {}
+    for run_dir in run_dirs:
+        name = os.path.basename(os.path.normpath(run_dir))
+        if series.load_config(run_dir).get("record_forces"):
+            recorded = series.load_forces(run_dir)
+            x, share = series.binned_shares(recorded.forces, recorded.transmission_columns())
+            shares[name] = (x, share[:, 0])
+        live = sosd.live_spectra(run_dir)
+        if live is not None:
+            variation[name] = (live.steps[1:], sosd.variation(live).mean(1))
+    os.makedirs(out, exist_ok=True)
+    part = sections.Section("Runs side by side")
+    if shares:
+        part.figures.append(figures.alignment_share_runs(shares, out))
+    if variation:
+        part.figures.append(figures.sd_variation_runs(variation, out))
+    write_page(os.path.join(out, "index.html"), "weibull-jax: runs compared", [part],
+               [f"{len(run_dirs)} runs: " + ", ".join(run_dirs)], None)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Text and HTML
+# ---------------------------------------------------------------------------------------------------------
+
+
+def summary_lines(name: str, report: dict) -> list[str]:
+    lam = report["lambda_transmission"]
+    lines = [f"{name}: {report['knots']} knots × {report['matrices']} matrices, steps "
+             f"{report['first_step']}–{report['last_step']}, analysed in {report['seconds']['total']:.1f} s "
+             f"(read + fits + Grams {report['seconds']['read_fit_gram']:.1f} s: "
+             + ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in report["seconds"].items()
+                         if k not in ("read_fit_gram", "total")) + ")",
+             f"  Transmission λ: init {lam['scale_init']:.4f}, peak {lam['peak_scale']:.4f} at step "
+             f"{lam['peak_step']}, final {lam['final_scale']:.4f}"
+             + (f", floor coefficient {lam['floor_coefficient']:.3f}" if "floor_coefficient" in lam else ""),
+             f"  k-lock (per-block median Transmission k): {report['k_lock']['median_over_blocks_and_knots']:.4f}"]
+    for window, s in report.get("force_shares", {}).get("windows", {}).items():
+        lines.append(f"  forces steps {window:>12}: alignment {s['alignment']:.1%}  injection {s['injection']:.1%}"
+                     f"  decay {s['decay']:.1%}  higher-order {s['higher_order']:.1e}")
+    for r in report.get("closed_loop", []):
+        lines.append(f"  closed loop Δ={r['spacing']:<4} bridge {r['bridge']:<14} logRMSE {r['log_rmse']:.4f} "
+                     f"(bridge {r['bridge_error']:.4f}, integration {r['integration_error']:.4f})")
+    for r in report.get("recovery", []):
+        if "rate" in r:
+            lines.append(f"  recovery Δ={r['spacing']:<5} {r['method']:<10} {r['rate']:.3f} "
+                         f"(median per interval {r['median_interval_rate']:.3f})")
+    for source in ("live", "snapshots"):
+        for group, v in report.get(f"sosd_{source}", {}).items():
+            lines.append(f"  SD variation ({source}, Δ={v['interval']}) {group:<9}: peak {v['peak']:.3e} at step "
+                         f"{v['peak_step']}, floor {v['floor']:.3e} (peak/floor {v['peak_over_floor']:.1f})")
+    geometry = report.get("backbone", {})
+    if geometry:
+        blocks = {g: v for g, v in geometry.items() if g.startswith("block_")}
+        rho = [v["rho"][0] for v in blocks.values()]
+        trunk = geometry["trunk"]
+        lines.append(f"  backbone ρ1 per block {min(rho):.1%}–{max(rho):.1%} (trunk {trunk['rho'][0]:.1%}, k95 "
+                     f"{trunk['k95']}, k99 {trunk['k99']}), final f_b {trunk['final_backbone_fraction']:.1%}"
+                     + (f", window PC1 alignment {trunk['window_alignment']['mean']:.3f}"
+                        if "window_alignment" in trunk else ""))
+        early = [v["update_alignment_abs"]["early"] for v in blocks.values()]
+        flips = [v["sign_flip_step"] for v in blocks.values()]
+        lines.append(f"  update alignment |C| early {min(early):.3f}–{max(early):.3f}; sign flip steps {flips}")
+    probes = report.get("gradient_probes")
+    if probes:
+        lines.append(f"  gradient |cos(g, v_b)| median {probes['grad_abs_cos']:.4f} (random floor "
+                     f"{probes['random_floor']:.5f}); top-Fisher overlap {probes['top_fisher_overlap']:.3f}; "
+                     "anisotropy peak " + ", ".join(f"{g}: {v['anisotropy_peak']:.1f} at {v['anisotropy_peak_step']}"
+                                                    for g, v in probes.items() if g.startswith("block_")))
+    return lines
+
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+h1 { font-size: 1.4em; } h2 { font-size: 1.2em; border-bottom: 1px solid #ccc; margin-top: 2em; }
+table { border-collapse: collapse; font-size: 0.8em; margin: 0.5em 0 1em; }
+th, td { border: 1px solid #ddd; padding: 2px 6px; text-align: right; } th { background: #f4f4f4; }
+td.text { text-align: left; } img { max-width: 100%; border: 1px solid #eee; margin: 0.5em 0; }
+pre { background: #f7f7f7; padding: 0.8em; font-size: 0.8em; overflow-x: auto; }
+details { margin: 0.3em 0; } summary { cursor: pointer; }
+"""
+
+
+def _cell(value: Any) -> str:
+    """A table cell: numbers right-aligned to 6 significant digits (NaN empty), text left-aligned."""
+    if isinstance(value, str):
+        return f'<td class="text">{html.escape(value)}</td>'
+    if isinstance(value, (float, np.floating)):
+        return f"<td>{'' if math.isnan(value) else f'{value:.6g}'}</td>"
+    return f"<td>{html.escape(str(value))}</td>"
+
+
+def _html_table(columns: Iterable[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _image(path: str) -> str:
+    with open(path, "rb") as f:
+        data = base64.b64encode(f.read()).decode()
+    name = html.escape(os.path.basename(path))
+    return f'<figure><img src="data:image/png;base64,{data}" alt="{name}"><figcaption>{name}</figcaption></figure>'
+
+
+def write_page(path: str, title: str, parts: list[sections.Section], summary: list[str],
+               config: ml_collections.ConfigDict | None) -> None:
+    """One self-contained HTML page: the summary, the headline numbers next to the papers', then every section's
+    figures and tables (each table's first :data:`HTML_ROWS` rows; the CSV has them all), then the config."""
+    body = [f"<h1>{html.escape(title)}</h1>", f"<pre>{html.escape(chr(10).join(summary))}</pre>"]
+    comparisons = [c for part in parts for c in part.comparisons]
+    if comparisons:
+        body += ["<h2>Headline numbers next to the papers'</h2>",
+                 _html_table(("quantity", "ours", "paper", "where"),
+                             [[c.quantity, c.ours, c.paper, c.source] for c in comparisons])]
+    for part in parts:
+        if not (part.figures or part.tables):
+            continue
+        body.append(f"<h2>{html.escape(part.title)}</h2>")
+        body += [_image(p) for p in part.figures]
+        for name, table in part.tables.items():
+            cells = table.cells()
+            more = f", first {HTML_ROWS} shown" if len(cells) > HTML_ROWS else ""
+            body.append(f"<details open><summary>table <b>{html.escape(name)}</b> ({len(cells)} rows{more}; "
+                        f"<code>tables/{html.escape(name)}.csv</code>)</summary>"
+                        + _html_table(table.columns, cells[:HTML_ROWS]) + "</details>")
+    if config is not None:
+        body += ["<h2>The run's config</h2>",
+                 f"<pre>{html.escape(config.to_json_best_effort(sort_keys=True, indent=2))}</pre>"]
+    page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{_STYLE}</style></head><body>{''.join(body)}</body></html>")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(page)

@@ -1,0 +1,115 @@
+"""Whole-program overhead of shipped configs: ``train.main``'s throughput against its own bare step.
+
+  python tests/benchmarks/bench_program.py --steps 1000 configs/pythia70m_v1b.py configs/sosd_gpt2.py:muon_wsd …
+
+For each config (run for ``--steps`` steps, every cadence kept: snapshots, live spectra, probe evaluations,
+checkpoints, logging; the schedule is the config's own over its own length, only cut short):
+
+* ``bare``: the config's jitted step (model, optimizer, forces as recorded, probe loss where enabled) from
+  :func:`train.train.setup`, on batches of the config's own pipeline already on the device, timed over
+  ``--bare_steps`` steps after a warmup: what the hardware gives the step alone; the same step fed by the
+  pipeline with one synchronous host→device copy per step (``fed_direct``) and as the program feeds it, two
+  batches transferred ahead (``fed_prefetched``);
+* ``program``: ``train.train.train_and_evaluate`` in a fresh run directory; its summary's throughput is
+  timed from the first log step to the last write (compilation excluded, everything else included).
+
+Prints one line per config and a JSON line per config with the overhead 1 − program/bare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+
+
+def load_config(spec: str):
+    path, _, argument = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("bench_config", os.path.join(ROOT, path))
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(argument) if argument else module.get_config()
+
+
+def bare_tokens_per_s(config, steps: int) -> dict[str, float]:
+    """The config's step alone: on 4 batches already on the device (``bare``), fed by its pipeline one
+    synchronous transfer a step (``fed_direct``), and fed as the program feeds it (``fed_prefetched``)."""
+    import jax
+    import jax.numpy as jnp
+
+    from train import train
+    from weibull_jax import data
+
+    _, _, batches, state, step_fn = train.setup(config)
+    iterator = iter(batches)
+    on_device = [jax.tree.map(jnp.asarray, next(iterator)) for _ in range(4)]
+    feed = data.prefetch_to_device(iterator)
+    sources = {"bare": lambda i: on_device[i % 4], "fed_direct": lambda i: jax.tree.map(jnp.asarray, next(iterator)),
+               "fed_prefetched": lambda i: next(feed)[0]}
+    out = {}
+    for name, source in sources.items():
+        for i in range(10):
+            state, metrics = step_fn(state, source(i))
+        jax.block_until_ready(metrics)
+        start = time.perf_counter()
+        for i in range(steps):
+            state, metrics = step_fn(state, source(i))
+        jax.block_until_ready((state, metrics))
+        out[name] = steps * config.batch_size * config.data.seq_len / (time.perf_counter() - start)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("configs", nargs="+", help="config files, each optionally with :ARGUMENT")
+    parser.add_argument("--steps", type=int, default=1000, help="program steps per config (at most its own)")
+    parser.add_argument("--bare_steps", type=int, default=200)
+    parser.add_argument("--set", action="append", default=[], help="FIELD=VALUE overrides for every config "
+                        "(e.g. data.corpus=…, data.cache_dir=…)")
+    args = parser.parse_args()
+
+    from absl import logging
+
+    from train import train
+
+    logging.set_verbosity(logging.WARNING)
+    for spec in args.configs:
+        config = load_config(spec)
+        for item in args.set:
+            field, value = item.split("=", 1)
+            node = config
+            *parents, last = field.split(".")
+            for p in parents:
+                node = node[p]
+            node[last] = type(node[last])(value)
+        if config.init_from:
+            print(f"{spec}: skipped (starts from {config.init_from}, which this benchmark does not make)")
+            continue
+        config.steps = min(config.steps, args.steps)
+        config.optimizer.warmup_steps = min(config.optimizer.warmup_steps, config.steps // 10)
+        config.ckpt_every = min(config.ckpt_every, config.steps)
+        step_alone = bare_tokens_per_s(config, args.bare_steps)
+        bare = step_alone["bare"]
+        with tempfile.TemporaryDirectory() as workdir:
+            summary = train.train_and_evaluate(config, workdir)
+        program = summary["throughput"]["tokens_per_s"]
+        cadence = {k: config[k] for k in ("log_every", "ckpt_every", "snapshot_every", "spectra_every")}
+        if config.probe.enabled:
+            cadence["probe_eval_every"] = config.probe.eval_every
+        result = {"config": spec, "steps": config.steps, **{f"{k}_tokens_per_s": v for k, v in step_alone.items()},
+                  "program_tokens_per_s": program, "overhead": 1 - program / bare, **cadence}
+        print(f"{spec:<36} bare {bare:>10,.0f}  fed: direct {step_alone['fed_direct']:>10,.0f}, prefetched "
+              f"{step_alone['fed_prefetched']:>10,.0f}   program {program:>10,.0f} tok/s   overhead "
+              f"{result['overhead']:6.1%}   {cadence}", flush=True)
+        print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
