@@ -23,7 +23,7 @@ import numpy as np
 
 from analysis import figures, sections
 from analysis import series as series_lib
-from weibull_jax import backbone, data, fisher, models, probe, reference, snapshots, spectra, taxonomy
+from weibull_jax import backbone, data, fisher, models, probe, snapshots, spectra, taxonomy
 from weibull_jax import tree as tree_lib
 
 PHASES = (("early", 0.0, 0.2), ("mid", 0.2, 0.6), ("late", 0.6, 1.0))  # Table 3: t < 2000, ≤ 6000, > 6000 of 10k
@@ -253,27 +253,23 @@ def section(data: series_lib.Measured, series: snapshots.Series, run_dir: str | 
     if switching:
         out.numbers["switching"] = switching
     per_block = [v for g, v in summaries.items() if g.startswith("block_")]
-    paper = reference.PAPER_HEADLINES
 
-    def compare(quantity: str, ours: str, key: str) -> None:
-        out.comparisons.append(sections.Comparison(quantity, ours, *paper[key]))
-
-    compare("ρ1 per block, uncentered trajectory PCA", _span([100 * v["rho"][0] for v in per_block]) + " %",
+    out.compare("ρ1 per block, uncentered trajectory PCA", _span([100 * v["rho"][0] for v in per_block]) + " %",
             "rho1_per_block")
-    compare("backbone fraction f_b at the last knot", _span([100 * v["final_backbone_fraction"] for v in per_block])
+    out.compare("backbone fraction f_b at the last knot", _span([100 * v["final_backbone_fraction"] for v in per_block])
             + " %", "final_backbone_fraction")
     if all("window_alignment" in v for v in per_block):
-        compare("rolling-window PC1 alignment, mean", _span([v["window_alignment"]["mean"] for v in per_block]),
+        out.compare("rolling-window PC1 alignment, mean", _span([v["window_alignment"]["mean"] for v in per_block]),
                 "window_alignment")
-    compare("|C(t)| early (first 20 % of the steps)", _span([v["update_alignment_abs"]["early"] for v in per_block]),
+    out.compare("|C(t)| early (first 20 % of the steps)", _span([v["update_alignment_abs"]["early"] for v in per_block]),
             "early_update_alignment")
-    compare("sign flip of C(t)", ", ".join(str(v["sign_flip_step"]) for v in per_block), "sign_flip_step")
+    out.compare("sign flip of C(t)", ", ".join(str(v["sign_flip_step"]) for v in per_block), "sign_flip_step")
     if gradients:
         probes = out.numbers["gradient_probes"] = gradient_summary(gradients)
-        compare("per-batch gradient |cos(g, v_b)|, median", f"{probes['grad_abs_cos']:.4f} (random floor "
+        out.compare("per-batch gradient |cos(g, v_b)|, median", f"{probes['grad_abs_cos']:.4f} (random floor "
                 f"{probes['random_floor']:.1e})", "grad_abs_cos")
-        compare("top-Fisher-eigenvector overlap, median", f"{probes['top_fisher_overlap']:.3f}", "top_fisher_overlap")
-        compare("anisotropy α, first → last (per block)", ", ".join(
+        out.compare("top-Fisher-eigenvector overlap, median", f"{probes['top_fisher_overlap']:.3f}", "top_fisher_overlap")
+        out.compare("anisotropy α, first → last (per block)", ", ".join(
             f"{v['anisotropy_first']:.3g} → {v['anisotropy_last']:.3g}" for g, v in probes.items()
             if g.startswith("block_")), "anisotropy")
     return out

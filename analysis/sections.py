@@ -16,6 +16,8 @@ from typing import Any, Callable, Sequence
 
 from absl import logging
 
+from weibull_jax import reference
+
 
 @dataclasses.dataclass
 class Table:
@@ -74,6 +76,10 @@ class Section:
     tables: dict[str, Table] = dataclasses.field(default_factory=dict)
     figures: list[str] = dataclasses.field(default_factory=list)
     comparisons: list[Comparison] = dataclasses.field(default_factory=list)
+
+    def compare(self, quantity: str, ours: str, paper_key: str) -> None:
+        """Adds our ``quantity`` next to the paper's number ``reference.PAPER_HEADLINES[paper_key]``."""
+        self.comparisons.append(Comparison(quantity, ours, *reference.PAPER_HEADLINES[paper_key]))
 
 
 def clock(seconds: float) -> str:

@@ -24,7 +24,7 @@ import ml_collections
 import numpy as np
 
 from analysis import figures, sections
-from weibull_jax import (anchor, closed_loop, forces, models, optim, reference, snapshots, spectra, taxonomy,
+from weibull_jax import (anchor, closed_loop, forces, models, optim, snapshots, spectra, taxonomy,
                          trajectory, weibull)
 from weibull_jax import data as data_lib
 
@@ -410,10 +410,6 @@ def section(data: Measured, figs: str, config: ml_collections.ConfigDict | None 
     out = sections.Section("Weibull trajectories and the force budget (arXiv 2606.19367)")
     steps = data.steps
     numbers = out.numbers
-    paper = reference.PAPER_HEADLINES
-
-    def compare(quantity: str, ours: str, key: str) -> None:
-        out.comparisons.append(sections.Comparison(quantity, ours, *paper[key]))
 
     out.tables["matrices"] = sections.table(matrix_rows(data))
     by_kind, by_class = group_medians(data, "kind"), group_medians(data, "class")
@@ -426,7 +422,7 @@ def section(data: Measured, figs: str, config: ml_collections.ConfigDict | None 
     numbers["k_lock"] = {"median_over_blocks_and_knots": float(np.median(lock["per_block"])),
                          "range_over_blocks_and_knots": [float(lock["per_block"].min()),
                                                          float(lock["per_block"].max())]}
-    compare("k-lock (per-block Transmission k, median over blocks and knots)",
+    out.compare("k-lock (per-block Transmission k, median over blocks and knots)",
             f"{numbers['k_lock']['median_over_blocks_and_knots']:.4f}", "k_lock")
     lr = weight_decay = None
     if config is not None:
@@ -438,7 +434,7 @@ def section(data: Measured, figs: str, config: ml_collections.ConfigDict | None 
                 raise ValueError("the recorded learning rates differ from the config's schedule")
     lam = numbers["lambda_transmission"] = lambda_phases(
         steps, by_class[TRANSMISSION]["scale"], lr[-1] if lr is not None else None, weight_decay or 0.0)
-    compare("λ peak (Transmission median)", f"{lam['peak_scale']:.4f} at step {lam['peak_step']}", "lambda_peak")
+    out.compare("λ peak (Transmission median)", f"{lam['peak_scale']:.4f} at step {lam['peak_step']}", "lambda_peak")
     model = models.config_from_fields(config.model.to_dict()) if config is not None and "model" in config else None
     ratio = init_ratio(data, model)
     if ratio:
@@ -460,19 +456,19 @@ def section(data: Measured, figs: str, config: ml_collections.ConfigDict | None 
         windows = [r for r in over if r["group"] == TRANSMISSION]
         rise = next((r for r in windows if r["first"] == 1 and r["last"] == min(5000, recorded.forces.shape[0])),
                     windows[0])
-        compare(f"alignment share, Transmission, steps {rise['first']}–{rise['last']}", _share(rise["alignment"]),
+        out.compare(f"alignment share, Transmission, steps {rise['first']}–{rise['last']}", _share(rise["alignment"]),
                 "alignment_share_rise")
-        compare(f"injection share, steps {rise['first']}–{rise['last']}", _share(rise["injection"]),
+        out.compare(f"injection share, steps {rise['first']}–{rise['last']}", _share(rise["injection"]),
                 "injection_share_rise")
         end = windows[-1]
-        compare(f"decay share, steps {end['first']}–{end['last']}", _share(end["decay"]), "decay_share_end")
+        out.compare(f"decay share, steps {end['first']}–{end['last']}", _share(end["decay"]), "decay_share_end")
         out.figures.append(figures.force_shares(*binned_shares(recorded.forces, recorded.transmission_columns()),
                                                 figs))
         loop_rows, curve = closed_loop_table(data, recorded, closed_loop_spacings)
         out.tables["closed_loop"] = sections.table(loop_rows)
         numbers["closed_loop"] = loop_rows
         if loop_rows:
-            compare(f"closed loop logRMSE, Δ = {loop_rows[0]['spacing']} ({loop_rows[0]['bridge']} bridge)",
+            out.compare(f"closed loop logRMSE, Δ = {loop_rows[0]['spacing']} ({loop_rows[0]['bridge']} bridge)",
                     f"{loop_rows[0]['log_rmse']:.4f}", "closed_loop_log_rmse")
             out.figures.append(figures.closed_loop(curve, loop_rows[0]["log_rmse"], figs))
     if lr is not None:
@@ -483,7 +479,7 @@ def section(data: Measured, figs: str, config: ml_collections.ConfigDict | None 
         for method, key in (("spline", "spline_recovery"), ("two_point", "two_point_recovery")):
             rates = [f"{r['rate']:.3f} (Δ = {r['spacing']})" for r in rows if r["method"] == method and "rate" in r]
             if rates:
-                compare(f"{method.replace('_', '-')} recovery of the alignment force", ", ".join(rates), key)
+                out.compare(f"{method.replace('_', '-')} recovery of the alignment force", ", ".join(rates), key)
         if rows and recorded is not None:
             out.figures.append(figures.recovery_scatter(scatter, figs))
     return out

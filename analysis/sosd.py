@@ -17,7 +17,7 @@ import numpy as np
 
 from analysis import figures, sections
 from analysis import series as series_lib
-from weibull_jax import reference, snapshots, spectra
+from weibull_jax import snapshots, spectra
 
 
 class Spectra:
@@ -121,6 +121,5 @@ def section(data: series_lib.Measured, run_dir: str | None, figs: str) -> sectio
         source = next(k for k in ("sosd_live", "sosd_snapshots") if k in out.numbers)
         ours = "; ".join(f"{g}: peak {v['peak']:.2e} at step {v['peak_step']}, floor {v['floor']:.2e}"
                          for g, v in out.numbers[source].items())
-        out.comparisons.append(sections.Comparison(f"SD variation ({source.removeprefix('sosd_')})", ours,
-                                                   *reference.PAPER_HEADLINES["sd_variation_shape"]))
+        out.compare(f"SD variation ({source.removeprefix('sosd_')})", ours, "sd_variation_shape")
     return out

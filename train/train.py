@@ -288,13 +288,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     state, resumed = manager.restore_latest(state, iterator)
     run.start(resumed)
     snapshot_dir = os.path.join(workdir, "snapshots")
-    layout_size = snapshots.layout_of(state.params).size
+    layout = snapshots.layout_of(state.params)
     state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
     margin = 16 << 20  # metrics, TensorBoard events, forces files: what a write needs besides its own bytes
     spectra_dir = os.path.join(workdir, "spectra")
     if config.snapshot_every:
         if not resumed:
-            snapshots.write_layout(snapshot_dir, snapshots.layout_of(state.params))
+            snapshots.write_layout(snapshot_dir, layout)
         snapshots.drop_after(snapshot_dir, resumed)
     if config.spectra_every:
         os.makedirs(spectra_dir, exist_ok=True)
@@ -325,7 +325,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     def snapshot(step: int) -> None:
         if due(config.snapshot_every, step):
-            records.ensure_space(workdir, margin + 4 * layout_size, f"the snapshot of step {step}")
+            records.ensure_space(workdir, margin + 4 * layout.size, f"the snapshot of step {step}")
             flat = snapshots.flatten(state.params)
             flat.copy_to_host_async()  # the device→host copy starts now, without the worker thread or the GIL
             enqueue(True, snapshots.write, snapshot_dir, step, flat)
