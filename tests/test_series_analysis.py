@@ -1,5 +1,6 @@
 """The series analysis program on a real (tiny) run, its chunked reads, and its messages on bad inputs."""
 
+import io
 import json
 import os
 import shutil
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 from analysis import series
+from analysis.report import HTML_ROWS
 from weibull_jax import data, snapshots
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,12 +39,17 @@ def _analyse(*args):
                           timeout=900)
 
 
-def test_report_of_a_run(run_dir, tmp_path):
-    out = _analyse(f"--run_dir={run_dir}", f"--out={tmp_path}", "--recovery_spacings=5,10,20",
+@pytest.fixture(scope="module")
+def report_dir(run_dir, tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("report")
+    out = _analyse(f"--run_dir={run_dir}", f"--out={out_dir}", "--recovery_spacings=5,10,20",
                    "--closed_loop_spacings=1,5,10", "--table_steps=10,30,60", "--gradient_batches=4",
                    "--gradient_every=4")
     assert out.returncode == 0, out.stderr[-3000:]
-    report_dir = tmp_path / os.path.basename(run_dir)
+    return out_dir / os.path.basename(run_dir)
+
+
+def test_report_of_a_run(run_dir, report_dir):
     with open(report_dir / "report.json") as f:
         report = json.load(f)
     assert report["knots"] == 13 and report["matrices"] == 10
@@ -71,6 +78,47 @@ def test_report_of_a_run(run_dir, tmp_path):
     loop = report["closed_loop"][0]
     assert loop["spacing"] == 1 and loop["integration_error"] < 1e-4
     assert abs(loop["log_rmse"] - loop["bridge_error"]) < 1e-4
+
+
+def test_the_report_page_opens_in_a_headless_chromium(report_dir):
+    """Debian's ``chromium`` (driven through ``chromium-driver``) opens ``index.html`` from the disk: every
+    figure decodes to an image of its PNG's size, every table is there with its rows, the page fetched nothing
+    over a network, and its screenshot is not blank."""
+    from matplotlib import image
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    driver_path = shutil.which("chromedriver")
+    assert driver_path, "no chromedriver: install Debian's chromium and chromium-driver (the README's first command)"
+    options = webdriver.ChromeOptions()
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--window-size=1400,1000"):
+        options.add_argument(flag)
+    browser = webdriver.Chrome(service=Service(driver_path), options=options)
+    try:
+        browser.get((report_dir / "index.html").as_uri())
+        assert browser.execute_script("return document.readyState") == "complete"
+        images = browser.execute_script(
+            "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.naturalHeight])")
+        tables = browser.execute_script(
+            "return Array.from(document.querySelectorAll('details table')).map(t => t.rows.length)")
+        fetched = browser.execute_script(
+            "return performance.getEntriesByType('resource').map(e => e.name)")
+        viewport = browser.execute_script("return [window.innerHeight, window.innerWidth]")
+        shot = browser.get_screenshot_as_png()
+    finally:
+        browser.quit()
+    figures = sorted(os.listdir(report_dir / "figures"))
+    sizes = [image.imread(report_dir / "figures" / name).shape[1::-1] for name in figures]
+    assert len(images) == len(figures)
+    assert sorted(tuple(i[1:]) for i in images if i[0]) == sorted(sizes)  # every one decoded, at its size
+    csv_rows = [min(len((report_dir / "tables" / t).read_text().splitlines()) - 1, HTML_ROWS)
+                for t in sorted(os.listdir(report_dir / "tables"))]
+    assert sorted(r - 1 for r in tables) == sorted(csv_rows)  # a header row and the CSV's rows (the first 200)
+    assert not [name for name in fetched if not name.startswith(("data:", "file:"))], fetched
+    pixels = image.imread(io.BytesIO(shot))
+    assert list(pixels.shape[:2]) == viewport
+    assert pixels[..., :3].std() > 0.05  # text and a figure, not an empty page
 
 
 def test_chunked_reads_give_the_same_fits_and_grams(run_dir):

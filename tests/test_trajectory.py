@@ -83,6 +83,36 @@ def test_exact_identity_and_unit_spacing_recover_the_true_alignment(adamw_run):
     assert abs(-2 * lr[t] * slab[t].astype(np.float64) @ u - truth[t]) < 1e-3 * np.abs(truth).max()
 
 
+def _exact_gram(slab):
+    """(n_0, c, H) of a knot slab in float64 (the reference of the float32 ``trajectory_gram``)."""
+    w = slab.astype(np.float64)
+    d = w - w[0]
+    return trajectory.TrajectoryGram(w[0] @ w[0], d @ w[0], d @ d.T)
+
+
+def _gram_rounding_bound(slab):
+    """A bound on |Δ| of every entry of the float32 ``trajectory_gram``: each entry is a float32 sum of k
+    products (a block's GEMM of ``GRAM_BLOCK`` elements, then the scan over the blocks), whose error is at
+    most λ √k u Σ|x_i y_i| with probability ≥ 1 − 2 exp(−λ²/2) (the probabilistic bound of Higham & Mary,
+    SIAM J. Sci. Comput. 41(5), 2019; λ = 6: 3e-8 per entry), plus 2u Σ|x_i y_i| for the rounding of
+    d_j = w_j − w_0; u = 2⁻²⁴."""
+    n = slab.shape[1]
+    k = min(n, trajectory.GRAM_BLOCK) + -(-n // trajectory.GRAM_BLOCK)
+    gamma = (6 * np.sqrt(k) + 2) * 2.0 ** -24
+    w = np.abs(slab.astype(np.float64))
+    d = np.abs(slab.astype(np.float64) - slab[0].astype(np.float64))
+    return trajectory.TrajectoryGram(gamma * (w[0] @ w[0]), gamma * (d @ w[0]), gamma * (d @ d.T))
+
+
+def _bilinear_bound(entry, a, b):
+    """max |Σ_ij a_ri b_rj ΔG_ij| per row r when each part of G = n_0 + c_i + c_j + H_ij errs by at most
+    ``entry``."""
+    e0, ec, eh = entry
+    sa, sb = np.abs(a.sum(-1)), np.abs(b.sum(-1))
+    return e0 * sa * sb + sa * (np.abs(b) @ ec) + sb * (np.abs(a) @ ec) + np.einsum("ri,ij,rj->r", np.abs(a), eh,
+                                                                                     np.abs(b))
+
+
 def test_sparse_spline_estimate_matches_a_dense_scipy_spline(adamw_run):
     slab, truth, schedule, wd = adamw_run
     knots = np.arange(0, slab.shape[0], 20)
@@ -92,7 +122,16 @@ def test_sparse_spline_estimate_matches_a_dense_scipy_spline(adamw_run):
     spline = interpolate.CubicSpline(knots, slab[knots].astype(np.float64), bc_type="not-a-knot")
     w, w_next = spline(steps), spline(steps + 1)
     reference = 2 * np.sum(w * (w_next - w), 1) + 2 * lr[steps] * wd * np.sum(w * w, 1)
-    np.testing.assert_allclose(estimate, reference, rtol=1e-6, atol=1e-6 * np.abs(reference).max())
+    # the method: from the knots' exact (float64) Gram, the estimate is scipy's spline to float64 rounding
+    _, exact = trajectory.alignment_estimate(_exact_gram(slab[knots]), knots, lr, wd, "spline")
+    np.testing.assert_allclose(exact, reference, rtol=1e-9, atol=1e-9 * np.abs(reference).max())
+    # the float32 Gram the program computes: within the rounding bound of its entries, carried through the
+    # estimate's two bilinear forms (linear in the Gram): |ΔF̂_t| ≤ 2 B(a_t, b_t) + 2 η_t λ_wd B(a_t, a_t)
+    a = trajectory.spline_weights(knots, steps)
+    b = trajectory.spline_weights(knots, steps + 1) - a
+    entry = _gram_rounding_bound(slab[knots])
+    bound = 2 * _bilinear_bound(entry, a, b) + 2 * lr[steps] * wd * _bilinear_bound(entry, a, a)
+    assert np.all(np.abs(estimate - exact) <= bound), np.max(np.abs(estimate - exact) / bound)
     # two-point: per interval, 2⟨w_j, w_{j+1} − w_j⟩ + 2 λ_wd ‖w_j‖² Σ_t η_t
     _, naive = trajectory.alignment_estimate(gram, knots, lr, wd, "two_point")
     w_j, w_next = slab[knots[:-1]].astype(np.float64), slab[knots[1:]].astype(np.float64)

@@ -96,8 +96,9 @@ class RunRecords:
 
     def _truncate(self, resume_step: int) -> None:
         if os.path.isfile(self.metrics_path):
-            keep = [json.dumps(line) + "\n" for line in data.read_jsonl(self.metrics_path) if line["step"] <= resume_step]
-            write_text(self.metrics_path, "".join(keep))
+            kept = [line for line in data.read_jsonl(self.metrics_path) if line["step"] <= resume_step]
+            write_text(self.metrics_path, "".join(json.dumps(line) + "\n" for line in kept))
+            self.last = kept[-1] if kept else {}  # a finished run restarted: its summary has its last line
         for path in glob.glob(os.path.join(self.workdir, "forces", "*.npz")):
             name = os.path.basename(path)  # beyond the checkpoint, or half-written when the run was killed
             if not FORCES_FILE.fullmatch(name) or int(name[:-4]) > resume_step:
@@ -222,7 +223,9 @@ def summarize(run: RunRecords, params, throughput: dict | None = None) -> dict:
     lines = [f"run {run.workdir}: step {summary['step']}, loss {summary['loss']:.4f}"]
     if throughput:
         lines.append(f"  throughput {throughput['tokens_per_s']:,.0f} tokens/s over the last {throughput['steps']} "
-                     f"steps ({throughput['seconds']:.1f} s, data, logging, snapshots and checkpoints included)")
+                     f"steps ({throughput['seconds']:.1f} s, data, logging, snapshots and checkpoints included; "
+                     f"the loop waited {throughput['waited_on_writes_s']:.1f} s for writes, "
+                     f"{throughput['waited_on_data_s']:.1f} s for data)")
     for key, s in summary["force_shares"].items():
         lines.append(f"  forces {key:<13} alignment {s['alignment']:6.1%}  injection {s['injection']:6.1%}  "
                      f"decay {s['decay']:6.1%}  (higher-order {s['higher_order']:.1e})")

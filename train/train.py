@@ -314,11 +314,15 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     worker = concurrent.futures.ThreadPoolExecutor(max_workers=1)
     in_flight: list[tuple[bool, concurrent.futures.Future]] = []  # (holds a copy of the weights, its task)
 
+    waits = {"writes": 0.0, "data": 0.0}  # seconds the main thread spent waiting: where the program loses time
+
     def enqueue(holds_copy: bool, task, *args) -> None:
         in_flight.append((holds_copy, worker.submit(task, *args)))
         # wait only to bound the device memory held by copies (two in flight at most)
+        start = time.perf_counter()
         while in_flight and (in_flight[0][1].done() or sum(c for c, _ in in_flight) > 2):
             in_flight.pop(0)[1].result()  # re-raises the worker's NonFiniteError here
+        waits["writes"] += time.perf_counter() - start
 
     def due(every: int, step: int) -> bool:
         return bool(every) and (step % every == 0 or step == config.steps)
@@ -349,10 +353,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         run.log(window, np.asarray(sq_norms), sizes, (now - clock[0]) / window["step"].size,
                 config.batch_size * config.data.seq_len, config.steps, jax.device_get(evals))
         clock[0] = now
-        if copy is not None:
+        if copy is not None:  # the forces file first: a checkpoint is committed only after what it vouches for
             step = int(window["step"][-1])
-            manager.save(step, copy, data_state)
             run.flush_forces(step)
+            manager.save(step, copy, data_state)
 
     def submit(pending, checkpoint: bool, data_state: dict) -> None:
         copy = jax.tree.map(jnp.copy, state) if checkpoint else None
@@ -365,7 +369,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     feed = data.prefetch_to_device(iterator)
     try:
         while done < config.steps and stop["signal"] is None:
+            start = time.perf_counter()
             batch, data_state = next(feed)
+            waits["data"] += time.perf_counter() - start
             state, metrics = step_fn(state, batch)
             done += 1
             if not steady:  # one wait, once: the whole-program clock starts when the first step is done
@@ -378,8 +384,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 pending = []
         if stop["signal"] is not None and pending:
             submit(pending, True, data_state)
+        start = time.perf_counter()
         while in_flight:
             in_flight.pop(0)[1].result()
+        waits["writes"] += time.perf_counter() - start
         if stop["signal"] is not None:
             logging.info("SIGTERM: saved the checkpoint at step %d and stopped", done)
     except OSError as e:  # a full disk, a vanished or read-only folder: where the run can resume from
@@ -394,7 +402,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if "start" in steady and done > steady["start"][1]:
         seconds = time.perf_counter() - steady["start"][0]
         throughput = {"steps": done - steady["start"][1], "seconds": seconds,
-                      "tokens_per_s": (done - steady["start"][1]) * config.batch_size * config.data.seq_len / seconds}
+                      "tokens_per_s": (done - steady["start"][1]) * config.batch_size * config.data.seq_len / seconds,
+                      "waited_on_writes_s": waits["writes"], "waited_on_data_s": waits["data"]}
     summary = records.summarize(run, state.params, throughput)
     run.close(summary)
     return summary

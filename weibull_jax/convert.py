@@ -124,16 +124,19 @@ def config_from_hf(hf: dict) -> ModelConfig:
 
 
 def config_to_hf(config: ModelConfig) -> dict:
-    """The HF ``config.json`` dict of a ``config`` model (``transformers`` 5 keys)."""
+    """The HF ``config.json`` dict of a ``config`` model: ``transformers`` 5 keys (``rope_parameters``) and the
+    legacy rotary keys that ``transformers`` 4 reads (``rope_theta``; GPT-NeoX's ``rotary_emb_base``,
+    ``rotary_pct``), so that either reads the same model."""
     hf = {"architectures": [ARCHITECTURES[config.family]], "model_type": config.family,
           "hidden_size": config.d_model, "num_hidden_layers": config.n_layers,
           "num_attention_heads": config.n_heads, "intermediate_size": config.d_ff, "vocab_size": config.vocab_size,
           "max_position_embeddings": config.max_seq_len, "tie_word_embeddings": False, "torch_dtype": "float32",
-          "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_base}}
+          "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_base}, "rope_theta": config.rope_base}
     if config.family == "gpt_neox":
         hf["rope_parameters"]["partial_rotary_factor"] = config.rotary_fraction
         return {**hf, "hidden_act": "gelu", "layer_norm_eps": config.norm_eps,
-                "use_parallel_residual": config.parallel_residual, "attention_bias": True}
+                "use_parallel_residual": config.parallel_residual, "attention_bias": True,
+                "rotary_emb_base": config.rope_base, "rotary_pct": config.rotary_fraction}
     return {**hf, "hidden_act": "silu", "num_key_value_heads": config.kv_heads, "head_dim": config.head_dim,
             "rms_norm_eps": config.norm_eps, "attention_bias": False, "mlp_bias": False}
 

@@ -11,7 +11,13 @@ checkpoints, logging; the schedule is the config's own over its own length, only
   pipeline with one synchronous host→device copy per step (``fed_direct``) and as the program feeds it, two
   batches transferred ahead (``fed_prefetched``);
 * ``program``: ``train.train.train_and_evaluate`` in a fresh run directory; its summary's throughput is
-  timed from the first log step to the last write (compilation excluded, everything else included).
+  timed from the end of the first step to the last write (the step's compilation excluded, everything else
+  included); ``steady``: the same program over the log intervals of the run's second half, without what a
+  short run pays once and a long one amortizes (the first use of the metrics fetch, snapshot and norms).
+
+With ``--ablate``, the program again with one cadence off at a time (snapshots, live spectra, probe
+evaluations; checkpoints only at the end): what each costs. Each program
+line also gives the seconds the loop waited for the writer thread and for data.
 
 Prints one line per config and a JSON line per config with the overhead 1 − program/bare.
 """
@@ -73,11 +79,10 @@ def main() -> None:
     parser.add_argument("--bare_steps", type=int, default=200)
     parser.add_argument("--set", action="append", default=[], help="FIELD=VALUE overrides for every config "
                         "(e.g. data.corpus=…, data.cache_dir=…)")
+    parser.add_argument("--ablate", action="store_true", help="also run each config with one cadence off at a time")
     args = parser.parse_args()
 
     from absl import logging
-
-    from train import train
 
     logging.set_verbosity(logging.WARNING)
     for spec in args.configs:
@@ -97,18 +102,70 @@ def main() -> None:
         config.ckpt_every = min(config.ckpt_every, config.steps)
         step_alone = bare_tokens_per_s(config, args.bare_steps)
         bare = step_alone["bare"]
-        with tempfile.TemporaryDirectory() as workdir:
-            summary = train.train_and_evaluate(config, workdir)
-        program = summary["throughput"]["tokens_per_s"]
+        throughput = program_throughput(config)
+        program = throughput["tokens_per_s"]
         cadence = {k: config[k] for k in ("log_every", "ckpt_every", "snapshot_every", "spectra_every")}
         if config.probe.enabled:
             cadence["probe_eval_every"] = config.probe.eval_every
         result = {"config": spec, "steps": config.steps, **{f"{k}_tokens_per_s": v for k, v in step_alone.items()},
-                  "program_tokens_per_s": program, "overhead": 1 - program / bare, **cadence}
+                  "program_tokens_per_s": program, "overhead": 1 - program / bare,
+                  "steady_tokens_per_s": throughput["steady_tokens_per_s"],
+                  "steady_overhead": 1 - throughput["steady_tokens_per_s"] / bare, **cadence,
+                  "waited_on_writes_s": throughput["waited_on_writes_s"],
+                  "waited_on_data_s": throughput["waited_on_data_s"]}
         print(f"{spec:<36} bare {bare:>10,.0f}  fed: direct {step_alone['fed_direct']:>10,.0f}, prefetched "
               f"{step_alone['fed_prefetched']:>10,.0f}   program {program:>10,.0f} tok/s   overhead "
-              f"{result['overhead']:6.1%}   {cadence}", flush=True)
+              f"{result['overhead']:6.1%} (steady {result['steady_overhead']:6.1%})   {cadence}   {_waits(throughput)}",
+              flush=True)
+        if args.ablate:
+            result["ablations"] = {}
+            for change, off in ablations(config):
+                variant = program_throughput(off)
+                result["ablations"][change] = {"program_tokens_per_s": variant["tokens_per_s"],
+                                               "overhead": 1 - variant["tokens_per_s"] / bare,
+                                               "steady_overhead": 1 - variant["steady_tokens_per_s"] / bare}
+                print(f"  {change:<34} program {variant['tokens_per_s']:>10,.0f} tok/s   overhead "
+                      f"{1 - variant['tokens_per_s'] / bare:6.1%} (steady {1 - variant['steady_tokens_per_s'] / bare:6.1%})"
+                      f"   {_waits(variant)}", flush=True)
         print(json.dumps(result), flush=True)
+
+
+def program_throughput(config) -> dict:
+    """``train_and_evaluate`` in a fresh run directory: its summary's throughput, and ``steady_tokens_per_s``
+    over the log intervals of the second half of the run (their own timings in ``metrics.jsonl``), which
+    leaves out what a short run pays once (the first compilation of the metrics fetch, the snapshot and
+    the norms, at their first use inside the loop) and a long run amortizes."""
+    from train import train
+    from weibull_jax import data
+
+    with tempfile.TemporaryDirectory() as workdir:
+        throughput = train.train_and_evaluate(config, workdir)["throughput"]
+        lines = [m for m in data.read_jsonl(os.path.join(workdir, "metrics.jsonl")) if m["step"] > config.steps // 2]
+    tokens = config.log_every * config.batch_size * config.data.seq_len
+    return {**throughput, "steady_tokens_per_s": tokens * len(lines) / sum(tokens / m["tokens_per_s"] for m in lines)}
+
+
+def ablations(config):
+    """(what changed, config) with one cadence of ``config`` off at a time."""
+    if config.snapshot_every:
+        yield "snapshot_every=0", _with(config, snapshot_every=0)
+    if config.spectra_every:
+        yield "spectra_every=0", _with(config, spectra_every=0)
+    if config.probe.enabled:
+        yield "probe evaluation at the end only", _with(config, **{"probe.eval_every": config.steps})
+    if config.ckpt_every < config.steps:
+        yield "checkpoint at the end only", _with(config, ckpt_every=config.steps)
+
+
+def _with(config, **fields):
+    variant = config.copy_and_resolve_references()
+    variant.update_from_flattened_dict(fields)
+    return variant
+
+
+def _waits(throughput: dict) -> str:
+    return (f"waited {throughput['waited_on_writes_s']:.2f} s on writes, {throughput['waited_on_data_s']:.2f} s on "
+            "data")
 
 
 if __name__ == "__main__":
