@@ -133,18 +133,25 @@ def test_kill_campaign_every_restart_continues_bit_identically(tmp_path, cache):
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, cache):
-    proc = subprocess.Popen(_small(tmp_path, cache, steps=100000), cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 900
-    while not (tmp_path / "checkpoints" / "10" / "commit_success.txt").exists():
-        assert time.time() < deadline and proc.poll() is None
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=300)
+    log = tmp_path / "stderr.log"  # a file, not a pipe: a pipe nobody reads while polling fills up and blocks
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen(_small(tmp_path / "run", cache, steps=100000), cwd=ROOT, stdout=subprocess.DEVNULL,
+                                stderr=stderr)
+        try:
+            deadline = time.time() + 900
+            while not (tmp_path / "run" / "checkpoints" / "10").is_dir():  # orbax's commit: the rename to the step
+                assert time.time() < deadline and proc.poll() is None
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=300)
+        finally:  # a failed wait leaves no run of 100,000 steps behind
+            if proc.poll() is None:
+                proc.kill()
+    err = log.read_text()
     assert proc.returncode == 0, err[-3000:]
-    saved = max(int(s) for s in os.listdir(tmp_path / "checkpoints"))
+    saved = max(int(s) for s in os.listdir(tmp_path / "run" / "checkpoints"))
     assert f"SIGTERM: saved the checkpoint at step {saved}" in err
-    assert _metrics(tmp_path)[-1]["step"] == saved
+    assert _metrics(tmp_path / "run")[-1]["step"] == saved
 
 
 def _config(tmp_path, cache, **changes):

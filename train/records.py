@@ -224,8 +224,8 @@ def summarize(run: RunRecords, params, throughput: dict | None = None) -> dict:
     if throughput:
         lines.append(f"  throughput {throughput['tokens_per_s']:,.0f} tokens/s over the last {throughput['steps']} "
                      f"steps ({throughput['seconds']:.1f} s, data, logging, snapshots and checkpoints included; "
-                     f"the loop waited {throughput['waited_on_writes_s']:.1f} s for writes, "
-                     f"{throughput['waited_on_data_s']:.1f} s for data)")
+                     f"the loop waited {throughput['waited_on_writes_s']:.1f} s for the writer thread and spent "
+                     f"{throughput['waited_on_data_s']:.1f} s in the data feed)")
     for key, s in summary["force_shares"].items():
         lines.append(f"  forces {key:<13} alignment {s['alignment']:6.1%}  injection {s['injection']:6.1%}  "
                      f"decay {s['decay']:6.1%}  (higher-order {s['higher_order']:.1e})")

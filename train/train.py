@@ -314,7 +314,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     worker = concurrent.futures.ThreadPoolExecutor(max_workers=1)
     in_flight: list[tuple[bool, concurrent.futures.Future]] = []  # (holds a copy of the weights, its task)
 
-    waits = {"writes": 0.0, "data": 0.0}  # seconds the main thread spent waiting: where the program loses time
+    waits = {"writes": 0.0, "data": 0.0}  # main-thread seconds on the writer thread and in the data feed
 
     def enqueue(holds_copy: bool, task, *args) -> None:
         in_flight.append((holds_copy, worker.submit(task, *args)))
