@@ -63,17 +63,20 @@ def test_default_config_runs_50_steps_and_its_budget_closes(tmp_path, cache):
 
 
 CAMPAIGN_STEPS = 60
-CAMPAIGN_FLAGS = ("--config.snapshot_every=5", "--config.spectra_every=10")
+CAMPAIGN_EVERY = {"snapshot": 5, "spectra": 10, "forces": 10, "checkpoint": 10}  # forces files: at checkpoints
+CAMPAIGN_FLAGS = (f"--config.snapshot_every={CAMPAIGN_EVERY['snapshot']}",
+                  f"--config.spectra_every={CAMPAIGN_EVERY['spectra']}",
+                  f"--config.ckpt_every={CAMPAIGN_EVERY['checkpoint']}")
 KILL_POINTS = ("snapshot", "spectra", "forces", "checkpoint", "first step", "last step", "a random step")
 
 
 def _moments(kind, resumed):
-    """How many moments of ``kind`` a process that resumes from checkpoint ``resumed`` meets (snapshots every
-    5 steps, spectra every 10, forces files and checkpoints every 10; step 0's snapshot and spectra in a fresh
-    run)."""
+    """How many moments of ``kind`` a process that resumes from checkpoint ``resumed`` meets (step 0's
+    snapshot and spectra in a fresh run besides the cadence)."""
     left = CAMPAIGN_STEPS - resumed
-    return {"snapshot": left // 5 + (resumed == 0), "spectra": left // 10 + (resumed == 0), "forces": left // 10,
-            "checkpoint": left // 10, "step": left}[kind]
+    if kind == "step":
+        return left
+    return left // CAMPAIGN_EVERY[kind] + (resumed == 0 and kind in ("snapshot", "spectra"))
 
 
 def _latest_checkpoint(workdir):

@@ -18,6 +18,7 @@ restarted run continues bit-identically.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
 import signal
 import sys
@@ -316,13 +317,18 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     waits = {"writes": 0.0, "data": 0.0}  # main-thread seconds on the writer thread and in the data feed
 
+    @contextlib.contextmanager
+    def timed(key: str):
+        start = time.perf_counter()
+        yield
+        waits[key] += time.perf_counter() - start
+
     def enqueue(holds_copy: bool, task, *args) -> None:
         in_flight.append((holds_copy, worker.submit(task, *args)))
         # wait only to bound the device memory held by copies (two in flight at most)
-        start = time.perf_counter()
-        while in_flight and (in_flight[0][1].done() or sum(c for c, _ in in_flight) > 2):
-            in_flight.pop(0)[1].result()  # re-raises the worker's NonFiniteError here
-        waits["writes"] += time.perf_counter() - start
+        with timed("writes"):
+            while in_flight and (in_flight[0][1].done() or sum(c for c, _ in in_flight) > 2):
+                in_flight.pop(0)[1].result()  # re-raises the worker's NonFiniteError here
 
     def due(every: int, step: int) -> bool:
         return bool(every) and (step % every == 0 or step == config.steps)
@@ -369,9 +375,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     feed = data.prefetch_to_device(iterator)
     try:
         while done < config.steps and stop["signal"] is None:
-            start = time.perf_counter()
-            batch, data_state = next(feed)
-            waits["data"] += time.perf_counter() - start
+            with timed("data"):
+                batch, data_state = next(feed)
             state, metrics = step_fn(state, batch)
             done += 1
             if not steady:  # one wait, once: the whole-program clock starts when the first step is done
@@ -384,10 +389,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 pending = []
         if stop["signal"] is not None and pending:
             submit(pending, True, data_state)
-        start = time.perf_counter()
-        while in_flight:
-            in_flight.pop(0)[1].result()
-        waits["writes"] += time.perf_counter() - start
+        with timed("writes"):
+            while in_flight:
+                in_flight.pop(0)[1].result()
         if stop["signal"] is not None:
             logging.info("SIGTERM: saved the checkpoint at step %d and stopped", done)
     except OSError as e:  # a full disk, a vanished or read-only folder: where the run can resume from

@@ -16,8 +16,8 @@ checkpoints, logging; the schedule is the config's own over its own length, only
   short run pays once and a long one amortizes (the first use of the metrics fetch, snapshot and norms).
 
 With ``--ablate``, the program again with one cadence off at a time (snapshots, live spectra, probe
-evaluations; checkpoints only at the end): what each costs. Each program
-line also gives the seconds the loop waited for the writer thread and for data.
+evaluations; checkpoints only at the end): what each costs. Each program line also gives the seconds the
+loop waited for the writer thread and spent in the data feed.
 
 Prints one line per config and a JSON line per config with the overhead 1 − program/bare.
 """
@@ -103,31 +103,33 @@ def main() -> None:
         step_alone = bare_tokens_per_s(config, args.bare_steps)
         bare = step_alone["bare"]
         throughput = program_throughput(config)
-        program = throughput["tokens_per_s"]
         cadence = {k: config[k] for k in ("log_every", "ckpt_every", "snapshot_every", "spectra_every")}
         if config.probe.enabled:
             cadence["probe_eval_every"] = config.probe.eval_every
         result = {"config": spec, "steps": config.steps, **{f"{k}_tokens_per_s": v for k, v in step_alone.items()},
-                  "program_tokens_per_s": program, "overhead": 1 - program / bare,
-                  "steady_tokens_per_s": throughput["steady_tokens_per_s"],
-                  "steady_overhead": 1 - throughput["steady_tokens_per_s"] / bare, **cadence,
-                  "waited_on_writes_s": throughput["waited_on_writes_s"],
-                  "waited_on_data_s": throughput["waited_on_data_s"]}
+                  **against(throughput, bare), **cadence}
         print(f"{spec:<36} bare {bare:>10,.0f}  fed: direct {step_alone['fed_direct']:>10,.0f}, prefetched "
-              f"{step_alone['fed_prefetched']:>10,.0f}   program {program:>10,.0f} tok/s   overhead "
-              f"{result['overhead']:6.1%} (steady {result['steady_overhead']:6.1%})   {cadence}   {_waits(throughput)}",
-              flush=True)
+              f"{step_alone['fed_prefetched']:>10,.0f}   {_line(result)}   {cadence}", flush=True)
         if args.ablate:
             result["ablations"] = {}
             for change, off in ablations(config):
-                variant = program_throughput(off)
-                result["ablations"][change] = {"program_tokens_per_s": variant["tokens_per_s"],
-                                               "overhead": 1 - variant["tokens_per_s"] / bare,
-                                               "steady_overhead": 1 - variant["steady_tokens_per_s"] / bare}
-                print(f"  {change:<34} program {variant['tokens_per_s']:>10,.0f} tok/s   overhead "
-                      f"{1 - variant['tokens_per_s'] / bare:6.1%} (steady {1 - variant['steady_tokens_per_s'] / bare:6.1%})"
-                      f"   {_waits(variant)}", flush=True)
+                result["ablations"][change] = against(program_throughput(off), bare)
+                print(f"  {change:<34} {_line(result['ablations'][change])}", flush=True)
         print(json.dumps(result), flush=True)
+
+
+def against(throughput: dict, bare: float) -> dict:
+    """A program's throughput (whole run and steady), its overheads 1 − program/bare and its wait counters."""
+    return {"program_tokens_per_s": throughput["tokens_per_s"], "overhead": 1 - throughput["tokens_per_s"] / bare,
+            "steady_tokens_per_s": throughput["steady_tokens_per_s"],
+            "steady_overhead": 1 - throughput["steady_tokens_per_s"] / bare,
+            "waited_on_writes_s": throughput["waited_on_writes_s"], "waited_on_data_s": throughput["waited_on_data_s"]}
+
+
+def _line(r: dict) -> str:
+    return (f"program {r['program_tokens_per_s']:>10,.0f} tok/s   overhead {r['overhead']:6.1%} (steady "
+            f"{r['steady_overhead']:6.1%})   waited {r['waited_on_writes_s']:.2f} s on writes, "
+            f"{r['waited_on_data_s']:.2f} s on data")
 
 
 def program_throughput(config) -> dict:
@@ -161,11 +163,6 @@ def _with(config, **fields):
     variant = config.copy_and_resolve_references()
     variant.update_from_flattened_dict(fields)
     return variant
-
-
-def _waits(throughput: dict) -> str:
-    return (f"waited {throughput['waited_on_writes_s']:.2f} s on writes, {throughput['waited_on_data_s']:.2f} s on "
-            "data")
 
 
 if __name__ == "__main__":
