@@ -7,7 +7,7 @@ import dataclasses
 
 import ml_collections
 
-from weibull_jax import models
+from weibull_jax import models, sharding
 
 
 def model(preset: str, **changes) -> ml_collections.ConfigDict:
@@ -43,6 +43,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.spectra_every = 20  # singular distributions of the trunk matrices (spectra/, SoSD); 0: none
     config.keep_checkpoints = 0  # the latest N full checkpoints (weights + optimizer state); 0: all
     config.record_forces = True
+    config.mesh = ml_collections.ConfigDict(dict(  # the devices (weibull_jax.sharding); -1: the rest of them
+        data=1, fsdp=1, tensor=1,  # e.g. --config.mesh.fsdp=-1: every device, weights and moments sharded
+        rules=sharding.DEFAULT_RULES,  # logical parameter axis → mesh axis (then FSDP on the largest free axis)
+    ))
     config.init_from = ""  # a HuggingFace checkpoint folder, or RUN_DIR@STEP (our snapshot), to start from
     config.probe = ml_collections.ConfigDict(dict(  # the codeword-retrieval probe (configs/backbone.py)
         enabled=False,

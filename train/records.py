@@ -73,7 +73,8 @@ class RunRecords:
             with open(config_path) as f:
                 saved = json.load(f)
             ours = json.loads(config_json)
-            changed = sorted(k for k in set(saved) | set(ours) if k != "steps" and saved.get(k) != ours.get(k))
+            changed = sorted(k for k in set(saved) | set(ours)  # a run may go on longer, or on other devices
+                           if k not in ("steps", "mesh") and saved.get(k) != ours.get(k))
             if changed:
                 raise ValueError(f"{workdir} holds a run with a different config ({', '.join(changed)} differ); "
                                  "give a new --workdir (nothing was overwritten)")

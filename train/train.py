@@ -23,7 +23,7 @@ import os
 import signal
 import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import flax
 import jax
@@ -34,7 +34,7 @@ import optax
 from absl import logging
 
 from train import checkpoints, records
-from weibull_jax import convert, data, forces, models, optim, probe, snapshots, spectra, tree
+from weibull_jax import convert, data, forces, models, optim, probe, sharding, snapshots, spectra, tree
 
 
 @flax.struct.dataclass
@@ -44,11 +44,25 @@ class TrainState:
     opt_state: Any
 
 
+def state_shardings(model_config: models.ModelConfig, optimizer: optax.GradientTransformation,
+                    mesh: jax.sharding.Mesh, rules=sharding.DEFAULT_RULES) -> TrainState:
+    """Where each part of the state lives on ``mesh``: the parameters by the model's logical axis names and
+    ``rules`` (then FSDP), the optimizer moments as their parameters, the step replicated."""
+    abstract = jax.eval_shape(lambda: models.init_params(model_config, jax.random.key(0)))
+    params = sharding.param_shardings(abstract, models.logical_axes(model_config), mesh, rules)
+    return TrainState(sharding.replicated(mesh), params,
+                      sharding.optimizer_shardings(optimizer, abstract, params, mesh))
+
+
 def create_train_state(model_config: models.ModelConfig, optimizer: optax.GradientTransformation,
-                       key: jax.Array, params: Any = None) -> TrainState:
-    """Step 0: fresh weights (or ``params``, e.g. a converted checkpoint) and a fresh optimizer state."""
-    params = models.init_params(model_config, key) if params is None else jax.tree.map(jnp.asarray, params)
-    return TrainState(jnp.zeros((), jnp.int32), params, jax.jit(optimizer.init)(params))
+                       key: jax.Array, params: Any = None, shardings: TrainState | None = None) -> TrainState:
+    """Step 0: fresh weights (or ``params``, e.g. a converted checkpoint) and a fresh optimizer state, created
+    where ``shardings`` (:func:`state_shardings`) puts them; None: on the default device."""
+    where = shardings or TrainState(None, None, None)
+    params = (models.init_params(model_config, key, where.params) if params is None
+              else jax.device_put(params, where.params))
+    return TrainState(jax.device_put(jnp.zeros((), jnp.int32), where.step), params,
+                      jax.jit(optimizer.init, out_shardings=where.opt_state)(params))
 
 
 def matrix_names(params: Any) -> list[str]:
@@ -59,7 +73,8 @@ def matrix_names(params: Any) -> list[str]:
 def make_train_step(model_config: models.ModelConfig, optimizer: optax.GradientTransformation,
                     schedule: optax.Schedule, weight_decay: Any, adam: dict | None = None,
                     record_forces: bool = True, probe_weight: Callable | None = None,
-                    leaf_lr: Callable | None = None) -> Callable:
+                    leaf_lr: Callable | None = None, shardings: TrainState | None = None,
+                    batch_sharding: jax.sharding.NamedSharding | None = None) -> Callable:
     """``step(state, batch) -> (state, metrics)``, jitted, donating ``state``.
 
     Args:
@@ -73,6 +88,9 @@ def make_train_step(model_config: models.ModelConfig, optimizer: optax.GradientT
         arrays and the loss is L_LM.
       leaf_lr: ``(params, step) -> tree of η`` where leaves step at different rates (Muon's AdamW part), for
         the forces; None: every leaf at ``schedule(step)``.
+      shardings, batch_sharding: where the state and the batch live on a mesh (:func:`state_shardings`,
+        :func:`weibull_jax.sharding.batch_sharding`); the metrics come back replicated. The same function on
+        any mesh: XLA adds the collectives. None: one device.
     """
     loss_fn = probe.make_loss(models.CausalLM(model_config), probe_weight)
 
@@ -93,23 +111,27 @@ def make_train_step(model_config: models.ModelConfig, optimizer: optax.GradientT
         params = optax.apply_updates(state.params, updates)
         return TrainState(state.step + 1, params, opt_state), metrics
 
-    return jax.jit(step, donate_argnums=0)
+    if shardings is None:
+        return jax.jit(step, donate_argnums=0)
+    return jax.jit(step, in_shardings=(shardings, batch_sharding), out_shardings=(shardings, shardings.step),
+                   donate_argnums=0)
 
 
 def make_probe_eval(model_config: models.ModelConfig, eval_sets: dict[str, dict[str, np.ndarray]],
-                    params: Any) -> Callable:
+                    params: Any, replicated: jax.sharding.Sharding | None = None) -> Callable:
     """``evaluate(params) -> {"p_in": …, "p_ood": …}``: argmax accuracy on each fixed probe set (on device),
     compiled here for ``params``' shapes, so that the first evaluation inside the loop does not stall it. The
     sets are arguments, not constants of the program (XLA would spend seconds folding 2,000 × seq_len
-    constants)."""
+    constants). ``replicated``: where the sets and the accuracies live (a copy on every device of the run's
+    mesh); None: the default device."""
     model = models.CausalLM(model_config)
-    sets = jax.tree.map(jnp.asarray, eval_sets)
+    sets = jax.device_put(eval_sets, replicated)
 
     def evaluate(params, sets):
         return {name: probe.accuracy(lambda t: model.apply({"params": params}, t), s["tokens"], s["probe_mask"])
                 for name, s in sets.items()}
 
-    compiled = jax.jit(evaluate).lower(params, sets).compile()
+    compiled = jax.jit(evaluate, out_shardings=replicated).lower(params, sets).compile()
     return lambda params: compiled(params, sets)
 
 
@@ -210,6 +232,15 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.data.vocab_size ({config.data.vocab_size}) must be at least 258 for the trained "
                          "byte-level BPE (256 bytes, the end-of-text token and one merge)")
     models.config_from_fields(config.model.to_dict())  # the model's own checks (shapes, dtype, init)
+    m = config.mesh
+    shards = sharding.mesh_shape(m.data, m.fsdp, m.tensor, jax.device_count())
+    unknown = {axis for _, target in m.rules for axis in ((target,) if isinstance(target, str) else target or ())
+               if axis not in sharding.AXES}
+    if unknown:
+        raise ValueError(f"config.mesh.rules name mesh axes {sorted(unknown)}; known: {sharding.AXES}")
+    if config.batch_size % (shards[0] * shards[1]) or config.batch_size % jax.process_count():
+        raise ValueError(f"config.batch_size ({config.batch_size}) must be divisible by config.mesh.data × fsdp "
+                         f"({shards[0]} × {shards[1]}) and by the number of processes ({jax.process_count()})")
     if config.probe.enabled:
         p = config.probe
         lo, hi = p.gap
@@ -239,70 +270,117 @@ def _first_non_finite(window: dict[str, np.ndarray], names: list[str]) -> str | 
     return where
 
 
-def setup(config: ml_collections.ConfigDict):
-    """What a run of ``config`` trains with: (model config, corpus, batch dataset, step-0 state, jitted step)."""
+class Setup(NamedTuple):
+    """What a run trains with."""
+
+    model_config: models.ModelConfig
+    corpus: data.Corpus
+    batches: Any  # this host's block of every global batch (grain)
+    state: TrainState  # step 0, on the mesh
+    step_fn: Callable  # the jitted step
+    mesh: jax.sharding.Mesh
+    batch_sharding: jax.sharding.NamedSharding
+
+
+def setup(config: ml_collections.ConfigDict) -> Setup:
+    """Everything a run of ``config`` trains with, on the mesh ``config.mesh`` asks for."""
     model_config = models.config_from_fields(config.model.to_dict())
+    mesh = sharding.mesh_of(config.mesh)
+    batch_sharding = sharding.batch_sharding(mesh)
+    sharding.rows_per_process(config.batch_size, mesh)
     corpus = data.prepare(config.data, config.probe)
     if corpus.tokenizer.get_vocab_size() > model_config.vocab_size:
         raise ValueError(f"the tokenizer has {corpus.tokenizer.get_vocab_size()} tokens but the model's vocabulary "
                          f"is {model_config.vocab_size}: raise config.model.vocab_size (the probe adds its made-up "
                          "codewords to the tokenizer) or shrink the tokenizer")
     batches = data.training_batches(corpus.tokens, config.data.seq_len, config.batch_size, config.seed, corpus.task,
-                                    config.probe.rate)
+                                    config.probe.rate, jax.process_count(), jax.process_index())
     optimizer, schedule, adam, leaf_lr = optimizer_of(config)
     params = initial_params(config, model_config)
-    state = create_train_state(model_config, optimizer, jax.random.key(config.seed), params)
+    shardings = state_shardings(model_config, optimizer, mesh, tuple(map(tuple, config.mesh.rules)))
+    state = create_train_state(model_config, optimizer, jax.random.key(config.seed), params, shardings)
     weight_decay = jax.tree.map(lambda on: config.optimizer.weight_decay if on else 0.0,
                                 optim.matrices_decay(state.params))
     probe_weight = probe.weight_schedule(config.probe.weights) if corpus.task else None
     step_fn = make_train_step(model_config, optimizer, schedule, weight_decay, adam, config.record_forces,
-                              probe_weight, leaf_lr)
-    return model_config, corpus, batches, state, step_fn
+                              probe_weight, leaf_lr, shardings, batch_sharding)
+    return Setup(model_config, corpus, batches, state, step_fn, mesh, batch_sharding)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Trains (or resumes) the run in ``workdir``; returns the final summary."""
+    """Trains (or resumes) the run in ``workdir``; returns the final summary.
+
+    With several processes (``jax.distributed``) every process runs this on the same ``workdir``: all of them
+    compute and checkpoint (orbax writes each process's shards), process 0 alone writes the records (metrics,
+    forces, snapshots, spectra, summary) and returns the summary; the others return ``{}``.
+    """
     check_config(config)
     workdir = os.path.abspath(workdir)  # orbax's commits need an absolute path
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise ValueError(f"--workdir {workdir} is a file, not a run directory: give a folder")
-    lock = records.RunLock(workdir)  # before anything is read from or written to the run directory
+    # before anything is read from or written to the run directory
+    lock = records.RunLock(workdir) if jax.process_index() == 0 else None
     try:
         return _train(config, workdir)
     finally:
-        lock.release()
+        if lock:
+            lock.release()
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    model_config, corpus, batches, state, step_fn = setup(config)
+    model_config, corpus, batches, state, step_fn, mesh, batch_sharding = setup(config)
+    writer = jax.process_index() == 0  # the one process that writes the records
+    replicated = sharding.replicated(mesh)
+
+    def fetchable(fn: Callable) -> Callable:  # its result whole on every device: any host can read it
+        return jax.jit(fn, out_shardings=replicated)
+
+    # on a mesh of several CPU devices each program is waited for and the spectra use one device (two
+    # deadlocks of XLA's CPU client: sharding.cpu_mesh)
+    in_order = sharding.cpu_mesh(mesh)
+
+    def settled(x):
+        return jax.block_until_ready(x) if in_order else x
+
     names = matrix_names(state.params)
     evaluate = None
     if corpus.task:
         evaluate = make_probe_eval(model_config, {
             name: probe.eval_set(corpus.task, config.probe.eval_size, config.data.seq_len, gap, config.probe.seed + i)
             for i, (name, gap) in enumerate((("p_in", tuple(config.probe.gap)), ("p_ood", tuple(config.probe.ood_gap))))},
-            state.params)
+            state.params, replicated)
 
-    run = records.RunRecords(workdir, config, names)
+    run = records.RunRecords(workdir, config, names) if writer else None
     manager = checkpoints.Checkpoints(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
     iterator = iter(batches)
-    state, resumed = manager.restore_latest(state, iterator)
-    run.start(resumed)
+    state, resumed = manager.restore_latest(state, iterator)  # onto this run's mesh, whatever the writer's
+    if writer:
+        run.start(resumed)
     snapshot_dir = os.path.join(workdir, "snapshots")
     layout = snapshots.layout_of(state.params)
     state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
     margin = 16 << 20  # metrics, TensorBoard events, forces files: what a write needs besides its own bytes
     spectra_dir = os.path.join(workdir, "spectra")
-    if config.snapshot_every:
+    if config.snapshot_every and writer:
         if not resumed:
             snapshots.write_layout(snapshot_dir, layout)
         snapshots.drop_after(snapshot_dir, resumed)
     if config.spectra_every:
-        os.makedirs(spectra_dir, exist_ok=True)
-        records.write_json(os.path.join(spectra_dir, "names.json"), spectra.trunk_names(state.params,
-                                                                                       model_config.n_heads))
-        snapshots.drop_after(spectra_dir, resumed)
-        trunk_distributions = jax.jit(lambda p: spectra.trunk_distributions(p, model_config.n_heads))
+        if writer:
+            os.makedirs(spectra_dir, exist_ok=True)
+            records.write_json(os.path.join(spectra_dir, "names.json"),
+                               spectra.trunk_names(state.params, model_config.n_heads))
+            snapshots.drop_after(spectra_dir, resumed)
+
+        def table(params):
+            return spectra.trunk_distributions(params, model_config.n_heads)
+
+        compute_table = jax.jit(table) if in_order else fetchable(table)
+
+        def trunk_distributions(params):
+            return compute_table(sharding.on_one_device(params) if in_order else params)
+
+    flatten, sq_norms_of = fetchable(snapshots.flatten), fetchable(matrix_sq_norms)
     if resumed:
         logging.info("resumed from the checkpoint at step %d", resumed)
 
@@ -334,13 +412,16 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         return bool(every) and (step % every == 0 or step == config.steps)
 
     def snapshot(step: int) -> None:
-        if due(config.snapshot_every, step):
+        if due(config.snapshot_every, step):  # every process takes part in gathering the weights; one writes
             records.ensure_space(workdir, margin + 4 * layout.size, f"the snapshot of step {step}")
-            flat = snapshots.flatten(state.params)
-            flat.copy_to_host_async()  # the device→host copy starts now, without the worker thread or the GIL
-            enqueue(True, snapshots.write, snapshot_dir, step, flat)
+            flat = settled(flatten(state.params))
+            if writer:
+                flat.copy_to_host_async()  # the device→host copy starts now, without the worker thread or the GIL
+                enqueue(True, snapshots.write, snapshot_dir, step, flat)
         if due(config.spectra_every, step):  # the SD table (trunk matrices × r): small, no copy of the weights
-            enqueue(False, snapshots.write, spectra_dir, step, trunk_distributions(state.params))
+            distributions = settled(trunk_distributions(state.params))
+            if writer:
+                enqueue(False, snapshots.write, spectra_dir, step, distributions)
 
     if not resumed:
         snapshot(0)
@@ -356,28 +437,30 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             raise NonFiniteError(f"non-finite values at {bad}; last good checkpoint: "
                                  f"{manager.latest_step() or 'none'} in {manager.directory}")
         now = time.perf_counter()
-        run.log(window, np.asarray(sq_norms), sizes, (now - clock[0]) / window["step"].size,
-                config.batch_size * config.data.seq_len, config.steps, jax.device_get(evals))
+        if writer:
+            run.log(window, np.asarray(sq_norms), sizes, (now - clock[0]) / window["step"].size,
+                    config.batch_size * config.data.seq_len, config.steps, jax.device_get(evals))
         clock[0] = now
         if copy is not None:  # the forces file first: a checkpoint is committed only after what it vouches for
             step = int(window["step"][-1])
-            run.flush_forces(step)
-            manager.save(step, copy, data_state)
+            if writer:
+                run.flush_forces(step)
+            manager.save(step, copy, data_state)  # every process: each writes its own shards
 
     def submit(pending, checkpoint: bool, data_state: dict) -> None:
         copy = jax.tree.map(jnp.copy, state) if checkpoint else None
-        evals = evaluate(state.params) if evaluate and due(config.probe.eval_every, done) else {}
-        enqueue(checkpoint, record, pending, matrix_sq_norms(state.params), copy, data_state if checkpoint else None,
-                evals)
+        evals = settled(evaluate(state.params)) if evaluate and due(config.probe.eval_every, done) else {}
+        enqueue(checkpoint, record, pending, settled(sq_norms_of(state.params)), copy,
+                data_state if checkpoint else None, evals)
 
     done = resumed  # the host's count of steps taken: reading state.step would wait for the device
     pending: list[dict] = []
-    feed = data.prefetch_to_device(iterator)
+    feed = data.prefetch_to_device(iterator, sharding=batch_sharding)
     try:
         while done < config.steps and stop["signal"] is None:
             with timed("data"):
                 batch, data_state = next(feed)
-            state, metrics = step_fn(state, batch)
+            state, metrics = settled(step_fn(state, batch))
             done += 1
             if not steady:  # one wait, once: the whole-program clock starts when the first step is done
                 jax.block_until_ready(metrics)
@@ -408,6 +491,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         throughput = {"steps": done - steady["start"][1], "seconds": seconds,
                       "tokens_per_s": (done - steady["start"][1]) * config.batch_size * config.data.seq_len / seconds,
                       "waited_on_writes_s": waits["writes"], "waited_on_data_s": waits["data"]}
-    summary = records.summarize(run, state.params, throughput)
+    final = jax.device_get(fetchable(lambda p: p)(state.params))  # every process gathers; the writer reads
+    if not writer:
+        return {}
+    summary = records.summarize(run, final, throughput)
     run.close(summary)
     return summary

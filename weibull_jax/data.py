@@ -29,6 +29,7 @@ import jax
 import numpy as np
 
 from weibull_jax import probe
+from weibull_jax import sharding as sharding_lib
 
 DEFAULT_CORPUS = "/usr/share/doc/python3.11/html/_sources"
 DEFAULT_CORPUS_PACKAGE = "python3.11-doc"
@@ -207,32 +208,43 @@ class ChunkSource(grain.sources.RandomAccessDataSource):
 
 
 def training_batches(tokens: np.ndarray, seq_len: int, batch_size: int, seed: int,
-                     task: probe.ProbeTask | None = None, probe_rate: float = 0.1) -> grain.IterDataset:
+                     task: probe.ProbeTask | None = None, probe_rate: float = 0.1,
+                     processes: int = 1, process_index: int = 0) -> grain.IterDataset:
     """Endless (batch_size, seq_len) int32 batches: every epoch a new permutation of the chunks (by seed).
 
     With a probe ``task``, each chunk becomes a probe sequence with probability ``probe_rate`` (a seeded draw
     per chunk position, so a restored iterator repeats it) and the batches are ``{"tokens", "probe_mask"}``.
+
+    Across ``processes`` hosts each loads only its block of every global batch: rows
+    [p·B/P, (p+1)·B/P) of batch t for host p, so the hosts' blocks stacked in process order are the batch
+    one host would load. The iterator's position counts global batches, whatever P: a checkpoint restored
+    on another number of hosts continues with the same token sequence.
     """
     source = ChunkSource(tokens, seq_len)
     if len(source) < batch_size:
         raise ValueError(f"the corpus has {len(tokens)} tokens: {len(source)} chunks of {seq_len}, fewer than "
                          f"one batch of {batch_size}")
+    if batch_size % processes:
+        raise ValueError(f"the batch of {batch_size} rows does not split over {processes} processes")
     dataset = grain.MapDataset.source(source).repeat(None).shuffle(seed=seed)
     if task is not None:
         dataset = dataset.random_map(lambda chunk, rng: probe.inject(task, chunk, rng, probe_rate), seed=seed)
-    return dataset.batch(batch_size, drop_remainder=True).to_iter_dataset(
-        grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
+    blocks = dataset.batch(batch_size // processes, drop_remainder=True)  # block j: rows of batch j // P
+    return blocks[process_index::processes].to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
 
 
-def prefetch_to_device(iterator: Any, size: int = 2) -> Iterator[tuple[Any, dict]]:
-    """``(batch on the device, the iterator's state just after it)`` pairs, ``size`` batches transferred ahead,
-    so that a step never waits for its batch's host→device copy; the state is what a checkpoint taken after
-    that batch's step must hold (the iterator itself is ``size`` batches further on)."""
+def prefetch_to_device(iterator: Any, size: int = 2, sharding: Any = None) -> Iterator[tuple[Any, dict]]:
+    """``(batch on the devices, the iterator's state just after it)`` pairs, ``size`` batches transferred
+    ahead, so that a step never waits for its batch's host→device copy; the state is what a checkpoint taken
+    after that batch's step must hold (the iterator itself is ``size`` batches further on). ``sharding``: where
+    the global batch lives (its rows split over the mesh, each host giving its own block); None: the default
+    device."""
     queue: collections.deque = collections.deque()
 
     def pull() -> None:
-        batch = next(iterator)
-        queue.append((jax.device_put(batch), iterator.get_state()))
+        rows = next(iterator)
+        batch = jax.device_put(rows) if sharding is None else sharding_lib.global_batch(rows, sharding)
+        queue.append((batch, iterator.get_state()))
 
     for _ in range(size):
         pull()

@@ -60,11 +60,16 @@ def _matrix_sum(x: jax.Array) -> jax.Array:
 
 
 def _inner_products(w: jax.Array, u: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(⟨w,u⟩, ‖u‖², ‖w‖²) per matrix in one variadic reduction: w and u are read once, in one kernel."""
-    axes = tuple(range(max(w.ndim - 2, 0), w.ndim))
+    """(⟨w,u⟩, ‖u‖², ‖w‖²) per matrix: one variadic reduction along each row (w and u are read once, in one
+    kernel), then a sum of the row sums. In two stages because one pass over a whole matrix accumulates
+    sequentially on a CPU: ‖w‖² of a 4096 × 128 embedding came out 2.0e-4 low against float64 (8e-9 in two
+    stages), and a mesh that splits the matrix over 8 devices changed that error 20-fold."""
+    if w.ndim == 0:
+        return w * u, u * u, w * w
     zero = jnp.zeros((), jnp.float32)
-    return jax.lax.reduce((w * u, u * u, w * w), (zero, zero, zero),
-                          lambda a, b: (a[0] + b[0], a[1] + b[1], a[2] + b[2]), axes)
+    rows = jax.lax.reduce((w * u, u * u, w * w), (zero, zero, zero),
+                          lambda a, b: (a[0] + b[0], a[1] + b[1], a[2] + b[2]), (w.ndim - 1,))
+    return rows if w.ndim == 1 else tuple(jnp.sum(r, axis=-1) for r in rows)
 
 
 def forces_from_direction(w: jax.Array, u: jax.Array, lr: Any, weight_decay: Any) -> Forces:

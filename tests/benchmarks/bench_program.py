@@ -48,16 +48,19 @@ def bare_tokens_per_s(config, steps: int) -> dict[str, float]:
     """The config's step alone: on 4 batches already on the device (``bare``), fed by its pipeline one
     synchronous transfer a step (``fed_direct``), and fed as the program feeds it (``fed_prefetched``)."""
     import jax
-    import jax.numpy as jnp
 
     from train import train
-    from weibull_jax import data
+    from weibull_jax import data, sharding
 
-    _, _, batches, state, step_fn = train.setup(config)
-    iterator = iter(batches)
-    on_device = [jax.tree.map(jnp.asarray, next(iterator)) for _ in range(4)]
-    feed = data.prefetch_to_device(iterator)
-    sources = {"bare": lambda i: on_device[i % 4], "fed_direct": lambda i: jax.tree.map(jnp.asarray, next(iterator)),
+    run = train.setup(config)
+    state, step_fn, iterator = run.state, run.step_fn, iter(run.batches)
+
+    def put(rows):
+        return sharding.global_batch(rows, run.batch_sharding)
+
+    on_device = [put(next(iterator)) for _ in range(4)]
+    feed = data.prefetch_to_device(iterator, sharding=run.batch_sharding)
+    sources = {"bare": lambda i: on_device[i % 4], "fed_direct": lambda i: put(next(iterator)),
                "fed_prefetched": lambda i: next(feed)[0]}
     out = {}
     for name, source in sources.items():

@@ -17,6 +17,8 @@ and the block index that :mod:`weibull_jax.taxonomy` reads.
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
@@ -38,15 +40,26 @@ class CausalLM(nn.Module):
         block, final_norm = _FAMILY[c.family]
         s_in, _ = layers.init_stddevs(c)
         x = nn.Embed(c.vocab_size, c.d_model, param_dtype=jnp.float32,
-                     embedding_init=nn.initializers.normal(s_in), name="embed")(tokens)
+                     embedding_init=layers.named(nn.initializers.normal(s_in), "vocab", "embed"), name="embed")(tokens)
         positions = jnp.arange(tokens.shape[-1])
         for i in range(c.n_layers):
             x = block(c, name=f"layers_{i}")(x, positions)
         x = final_norm(c)(x)
-        return layers.projection(c, c.vocab_size, s_in, False, "unembed")(x)
+        return layers.projection(c, c.vocab_size, s_in, False, "unembed", ("embed", "vocab"))(x)
 
 
-def init_params(config: ModelConfig, key: jax.Array) -> dict:
-    """A fresh parameter tree (float32) under the config's init recipes."""
-    tokens = jnp.zeros((1, 8), jnp.int32)
-    return jax.jit(CausalLM(config).init)(key, tokens)["params"]
+def _init(config: ModelConfig, key: jax.Array) -> dict:
+    """The parameter tree with its logical axis names (flax ``LogicallyPartitioned`` boxes)."""
+    return CausalLM(config).init(key, jnp.zeros((1, 8), jnp.int32))["params"]
+
+
+def init_params(config: ModelConfig, key: jax.Array, shardings: Any = None) -> dict:
+    """A fresh parameter tree (float32) under the config's init recipes, created in place on the devices
+    ``shardings`` (a tree like the parameters, :mod:`weibull_jax.sharding`) names; default: one device."""
+    return jax.jit(lambda k: nn.unbox(_init(config, k)), out_shardings=shardings)(key)
+
+
+def logical_axes(config: ModelConfig) -> dict:
+    """A tree like the parameters of ``PartitionSpec``s of logical axis names, e.g. ``("embed", "mlp")``
+    for an MLP's input kernel: what :func:`weibull_jax.sharding.param_shardings` maps onto a mesh."""
+    return nn.get_partition_spec(jax.eval_shape(lambda k: _init(config, k), jax.random.key(0)))

@@ -30,8 +30,10 @@ class GPT2Attention(nn.Module):
         c = self.config
         s_in, s_out = layers.init_stddevs(c)
         heads = (*x.shape[:-1], c.n_heads, c.head_dim)
-        q, k, v = (layers.projection(c, c.d_model, s_in, False, n)(x).reshape(heads) for n in ("q", "k", "v"))
-        return layers.projection(c, c.d_model, s_out, False, "o")(layers.rotary_attention(c, q, k, v, positions))
+        q, k, v = (layers.projection(c, c.d_model, s_in, False, n, ("embed", "heads"))(x).reshape(heads)
+                   for n in ("q", "k", "v"))
+        out = layers.rotary_attention(c, q, k, v, positions)
+        return layers.projection(c, c.d_model, s_out, False, "o", ("heads", "embed"))(out)
 
 
 class GPT2MLP(nn.Module):
@@ -41,8 +43,8 @@ class GPT2MLP(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         c = self.config
         s_in, s_out = layers.init_stddevs(c)
-        h = jax.nn.relu(layers.projection(c, c.d_ff, s_in, False, "ffn_in")(x))
-        return layers.projection(c, c.d_model, s_out, False, "ffn_out")(h * h)
+        h = jax.nn.relu(layers.projection(c, c.d_ff, s_in, False, "ffn_in", ("embed", "mlp"))(x))
+        return layers.projection(c, c.d_model, s_out, False, "ffn_out", ("mlp", "embed"))(h * h)
 
 
 class GPT2Block(nn.Module):

@@ -24,10 +24,19 @@ def init_stddevs(config: ModelConfig) -> tuple[float, float]:
             anchor.init_sigma(config.init_out, config.d_model, config.n_layers))
 
 
-def projection(config: ModelConfig, features: int, stddev: float, use_bias: bool, name: str) -> nn.Dense:
-    """A linear map ``x @ kernel (+ bias)``, kernel (in, out) drawn from N(0, stddev²), bias from 0."""
+def named(init, *axes: str):
+    """An initialiser whose parameter carries logical axis names (``embed``, ``mlp``, ``heads``, ``kv``,
+    ``vocab``), which :mod:`weibull_jax.sharding` maps onto a device mesh; the values are ``init``'s."""
+    return nn.with_logical_partitioning(init, axes)
+
+
+def projection(config: ModelConfig, features: int, stddev: float, use_bias: bool, name: str,
+               axes: tuple[str, str]) -> nn.Dense:
+    """A linear map ``x @ kernel (+ bias)``, kernel (in, out) drawn from N(0, stddev²), bias from 0; ``axes``
+    names the kernel's (in, out) axes (the bias has the out axis)."""
     return nn.Dense(features, use_bias=use_bias, dtype=compute_dtype(config), param_dtype=jnp.float32,
-                    kernel_init=nn.initializers.normal(stddev), name=name)
+                    kernel_init=named(nn.initializers.normal(stddev), *axes),
+                    bias_init=named(nn.initializers.zeros_init(), axes[1]), name=name)
 
 
 def rotary(x: jax.Array, positions: jax.Array, rotary_dim: int, base: float) -> jax.Array:

@@ -15,7 +15,7 @@ from weibull_jax.models.presets import ModelConfig
 
 def _rms_norm(config: ModelConfig, name: str) -> nn.RMSNorm:
     return nn.RMSNorm(epsilon=config.norm_eps, dtype=layers.compute_dtype(config), param_dtype=jnp.float32,
-                      name=name)
+                      scale_init=layers.named(nn.initializers.ones_init(), "embed"), name=name)
 
 
 class LlamaAttention(nn.Module):
@@ -25,12 +25,13 @@ class LlamaAttention(nn.Module):
     def __call__(self, x: jax.Array, positions: jax.Array) -> jax.Array:
         c = self.config
         s_in, s_out = layers.init_stddevs(c)
-        heads = x.shape[:-1]
-        q = layers.projection(c, c.n_heads * c.head_dim, s_in, False, "q")(x).reshape(*heads, c.n_heads, c.head_dim)
-        k = layers.projection(c, c.kv_heads * c.head_dim, s_in, False, "k")(x).reshape(*heads, c.kv_heads, c.head_dim)
-        v = layers.projection(c, c.kv_heads * c.head_dim, s_in, False, "v")(x).reshape(*heads, c.kv_heads, c.head_dim)
+        def heads(name: str, count: int, axis: str) -> jax.Array:
+            w = layers.projection(c, count * c.head_dim, s_in, False, name, ("embed", axis))
+            return w(x).reshape(*x.shape[:-1], count, c.head_dim)
+
+        q, k, v = heads("q", c.n_heads, "heads"), heads("k", c.kv_heads, "kv"), heads("v", c.kv_heads, "kv")
         out = layers.rotary_attention(c, q, k, v, positions)
-        return layers.projection(c, c.d_model, s_out, False, "o")(out)
+        return layers.projection(c, c.d_model, s_out, False, "o", ("heads", "embed"))(out)
 
 
 class LlamaMLP(nn.Module):
@@ -40,9 +41,9 @@ class LlamaMLP(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         c = self.config
         s_in, s_out = layers.init_stddevs(c)
-        gate = layers.projection(c, c.d_ff, s_in, False, "gate")(x)
-        up = layers.projection(c, c.d_ff, s_in, False, "up")(x)
-        return layers.projection(c, c.d_model, s_out, False, "down")(jax.nn.silu(gate) * up)
+        gate = layers.projection(c, c.d_ff, s_in, False, "gate", ("embed", "mlp"))(x)
+        up = layers.projection(c, c.d_ff, s_in, False, "up", ("embed", "mlp"))(x)
+        return layers.projection(c, c.d_model, s_out, False, "down", ("mlp", "embed"))(jax.nn.silu(gate) * up)
 
 
 class LlamaBlock(nn.Module):

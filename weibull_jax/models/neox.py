@@ -17,7 +17,8 @@ from weibull_jax.models.presets import ModelConfig
 
 def _layer_norm(config: ModelConfig, name: str) -> nn.LayerNorm:
     return nn.LayerNorm(epsilon=config.norm_eps, use_fast_variance=False, dtype=layers.compute_dtype(config),
-                        param_dtype=jnp.float32, name=name)
+                        param_dtype=jnp.float32, scale_init=layers.named(nn.initializers.ones_init(), "embed"),
+                        bias_init=layers.named(nn.initializers.zeros_init(), "embed"), name=name)
 
 
 class NeoXAttention(nn.Module):
@@ -27,11 +28,11 @@ class NeoXAttention(nn.Module):
     def __call__(self, x: jax.Array, positions: jax.Array) -> jax.Array:
         c = self.config
         s_in, s_out = layers.init_stddevs(c)
-        qkv = layers.projection(c, 3 * c.d_model, s_in, True, "qkv")(x)
+        qkv = layers.projection(c, 3 * c.d_model, s_in, True, "qkv", ("embed", "heads"))(x)
         qkv = qkv.reshape(*x.shape[:-1], c.n_heads, 3, c.head_dim)
         q, k, v = qkv[..., 0, :], qkv[..., 1, :], qkv[..., 2, :]
         out = layers.rotary_attention(c, q, k, v, positions)
-        return layers.projection(c, c.d_model, s_out, True, "o")(out)
+        return layers.projection(c, c.d_model, s_out, True, "o", ("heads", "embed"))(out)
 
 
 class NeoXMLP(nn.Module):
@@ -41,8 +42,8 @@ class NeoXMLP(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         c = self.config
         s_in, s_out = layers.init_stddevs(c)
-        h = jax.nn.gelu(layers.projection(c, c.d_ff, s_in, True, "ffn_in")(x), approximate=False)
-        return layers.projection(c, c.d_model, s_out, True, "ffn_out")(h)
+        h = jax.nn.gelu(layers.projection(c, c.d_ff, s_in, True, "ffn_in", ("embed", "mlp"))(x), approximate=False)
+        return layers.projection(c, c.d_model, s_out, True, "ffn_out", ("mlp", "embed"))(h)
 
 
 class NeoXBlock(nn.Module):
