@@ -287,7 +287,6 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
     model_config = models.config_from_fields(config.model.to_dict())
     mesh = sharding.mesh_of(config.mesh)
     batch_sharding = sharding.batch_sharding(mesh)
-    sharding.rows_per_process(config.batch_size, mesh)
     corpus = data.prepare(config.data, config.probe)
     if corpus.tokenizer.get_vocab_size() > model_config.vocab_size:
         raise ValueError(f"the tokenizer has {corpus.tokenizer.get_vocab_size()} tokens but the model's vocabulary "

@@ -119,15 +119,6 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
 
 
-def rows_per_process(global_batch: int, mesh: Mesh) -> int:
-    """The batch rows one host loads: the global batch over the processes; checked to split evenly."""
-    shards, processes = _size(mesh, BATCH_AXES), jax.process_count()
-    if global_batch % shards or global_batch % processes:
-        raise ValueError(f"config.batch_size ({global_batch}) must be divisible by the mesh's data × fsdp "
-                         f"({shards}) and by the number of processes ({processes})")
-    return global_batch // processes
-
-
 def cpu_mesh(mesh: Mesh) -> bool:
     """A mesh of several CPU devices, where XLA's CPU client has two deadlocks (jax 0.10.2, measured on 2
     cores): two programs with collectives in flight at once (two consecutive steps hang in their all-reduce),
