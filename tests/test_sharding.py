@@ -35,11 +35,17 @@ def _config(**mesh):
     return config
 
 
+def _shardings(config, mesh):
+    """Where ``config``'s train state lives on ``mesh``."""
+    return train.state_shardings(models.config_from_fields(config.model.to_dict()), train.optimizer_of(config)[0],
+                                 mesh)
+
+
 def _program(config, mesh=None):
     """(state, step) of ``config`` on ``mesh`` (None: one device, unsharded), as ``train.setup`` builds them."""
     model_config = models.config_from_fields(config.model.to_dict())
     optimizer, schedule, adam, _ = train.optimizer_of(config)
-    shardings = train.state_shardings(model_config, optimizer, mesh) if mesh is not None else None
+    shardings = _shardings(config, mesh) if mesh is not None else None
     state = train.create_train_state(model_config, optimizer, jax.random.key(0), shardings=shardings)
     wd = jax.tree.map(lambda on: config.optimizer.weight_decay if on else 0.0, optim.matrices_decay(state.params))
     step = train.make_train_step(model_config, optimizer, schedule, wd, adam, shardings=shardings,
@@ -135,9 +141,7 @@ def test_forces_and_norms_on_every_mesh_are_within_float32_summation_error_of_fl
     names, exact, scales = _float64_budget(state.params, state.opt_state, lr, wd, o.b1, o.b2, o.eps)
 
     mesh = sharding.make_mesh(*shape)
-    shardings = train.state_shardings(models.config_from_fields(config.model.to_dict()),
-                                      train.optimizer_of(config)[0], mesh)
-    placed = jax.device_put(state, shardings)
+    placed = jax.device_put(state, _shardings(config, mesh))
 
     @jax.jit
     def budget(params, opt_state):
@@ -157,12 +161,11 @@ def test_forces_and_norms_on_every_mesh_are_within_float32_summation_error_of_fl
         assert abs(sq_norms[i] - scales[i, 2]) <= factor * scales[i, 2], name
 
 
-def _run(config, step, state, batches, permute=False):
+def _run(state, step, batches):
     """Per step: loss, gradient norm and the force table, on the given (sharded or not) program."""
     out = []
     for b in batches:
-        rows = np.random.default_rng(0).permutation(len(b)) if permute else slice(None)
-        state, m = step(state, b[rows])
+        state, m = step(state, b)
         out.append(jax.device_get({k: m[k] for k in ("loss", "grad_norm", "forces")}))
     return out
 
@@ -191,20 +194,14 @@ def test_training_steps_on_every_mesh_agree_with_one_device_as_closely_as_a_reor
     bounds differ by the √D of the device sums) plus 16u."""
     config = _config()
     batches = _batches(config, 5)
-    state, step = _program(config)
-    single = _run(config, step, state, batches)
-    state, step = _program(config)
-    spread = _deviation(_run(config, step, state, batches, permute=True), single)
+    single = _run(*_program(config), batches)
+    permuted = [b[np.random.default_rng(0).permutation(len(b))] for b in batches]
+    spread = _deviation(_run(*_program(config), permuted), single)
     assert spread["grad_norm"] > 0  # the permutation did reorder the sums
     for shape in MESHES:
         mesh = sharding.make_mesh(*shape)
-        state, step = _program(config, mesh)
         put = [sharding.global_batch(b, sharding.batch_sharding(mesh)) for b in batches]
-        sharded = []
-        for b in put:
-            state, m = step(state, b)
-            sharded.append(jax.device_get({k: m[k] for k in ("loss", "grad_norm", "forces")}))
-        for key, value in _deviation(sharded, single).items():
+        for key, value in _deviation(_run(*_program(config, mesh), put), single).items():
             assert value <= 10 * spread[key] + 16 * U, (shape, key, value, spread[key])
 
 
@@ -216,8 +213,7 @@ def test_weibull_fits_and_spectra_of_sharded_weights_equal_those_of_one_device()
     table = spectra.trunk_distributions(state.params, config.model.n_heads)
     for shape in [(1, 8, 1), (1, 2, 4), (8, 1, 1)]:
         mesh = sharding.make_mesh(*shape)
-        placed = jax.device_put(state.params, train.state_shardings(
-            models.config_from_fields(config.model.to_dict()), train.optimizer_of(config)[0], mesh).params)
+        placed = jax.device_put(state.params, _shardings(config, mesh).params)
         fits = fit_weibull_tree(dict(zip(names, tree.named_leaves(placed)[1])))
         for name in names:  # the same histogram of the same values: sums of ≤ 2^20 counts, exact in float32
             np.testing.assert_array_equal(np.asarray(fits[name].k), np.asarray(reference[name].k), err_msg=name)
@@ -245,7 +241,7 @@ def test_a_checkpoint_of_8_devices_restores_bit_for_bit_on_1_and_2_and_8(tmp_pat
     for shape in [(1, 1, 1), (2, 1, 1), (1, 2, 1), (1, 2, 4)]:
         mesh = sharding.make_mesh(*shape)
         template = train.create_train_state(model_config, optimizer, jax.random.key(1),
-                                            shardings=train.state_shardings(model_config, optimizer, mesh))
+                                            shardings=_shardings(config, mesh))
         iterator = Iterator()
         restored, at = checkpoints.Checkpoints(str(tmp_path / "ckpt")).restore_latest(template, iterator)
         assert at == 1 and iterator.state == {"next_index": 1}
@@ -259,15 +255,18 @@ def _metrics(workdir):
         return [json.loads(line) for line in f]
 
 
-def _small_run(workdir, cache, steps, *flags):
+def _small_run(workdir, cache, steps, *flags, devices=None):
+    """A small ``train.main`` run, started (on ``devices`` simulated CPU devices; None: the suite's)."""
     corpus = os.path.join(data.DEFAULT_CORPUS, "library", "a*.rst.txt")  # 29 files, 0.5 MB
-    return [sys.executable, "-m", "train.main", f"--config={ROOT}/configs/default.py", f"--workdir={workdir}",
-            f"--config.data.cache_dir={cache}", f"--config.data.corpus={corpus}", f"--config.steps={steps}",
-            "--config.optimizer.warmup_steps=2", "--config.optimizer.schedule=constant", "--config.log_every=5",
-            "--config.ckpt_every=10",
-            "--config.snapshot_every=5", "--config.spectra_every=5", "--config.data.vocab_size=512",
-            "--config.model.vocab_size=512", "--config.model.d_model=64", "--config.model.d_ff=128",
-            "--config.model.n_layers=2", "--config.batch_size=8", "--config.data.seq_len=64", *flags]
+    command = [sys.executable, "-m", "train.main", f"--config={ROOT}/configs/default.py", f"--workdir={workdir}",
+               f"--config.data.cache_dir={cache}", f"--config.data.corpus={corpus}", f"--config.steps={steps}",
+               "--config.optimizer.warmup_steps=2", "--config.optimizer.schedule=constant", "--config.log_every=5",
+               "--config.ckpt_every=10", "--config.snapshot_every=5", "--config.spectra_every=5",
+               "--config.data.vocab_size=512", "--config.model.vocab_size=512", "--config.model.d_model=64",
+               "--config.model.d_ff=128", "--config.model.n_layers=2", "--config.batch_size=8",
+               "--config.data.seq_len=64", *flags]
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"} if devices else None
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def _check(processes, timeout=600):
@@ -293,20 +292,12 @@ def test_two_processes_train_and_checkpoint_then_one_process_resumes_on_another_
     ~1e-7 a step, grown over 20 steps: 1e-4 leaves a 100-fold margin), and the resumed steps see the same
     batches (another interval's batches move the loss by more than 1e-2)."""
     cache = tmp_path / "cache"
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     port = _free_port()
-    two = [subprocess.Popen(_small_run(tmp_path / "two", cache, 10, "--config.mesh.fsdp=-1",
-                                       f"--coordinator_address=localhost:{port}", "--num_processes=2",
-                                       f"--process_id={i}"), cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True) for i in range(2)]
-    _check(two)
-    env4 = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
-    _check([subprocess.Popen(_small_run(tmp_path / "four", cache, 10, "--config.mesh.fsdp=-1"), cwd=ROOT, env=env4,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)])
-    _check([subprocess.Popen(_small_run(tmp_path / "two", cache, 20), cwd=ROOT, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)])
-    _check([subprocess.Popen(_small_run(tmp_path / "one", cache, 20), cwd=ROOT, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)])
+    _check([_small_run(tmp_path / "two", cache, 10, "--config.mesh.fsdp=-1", f"--coordinator_address=localhost:{port}",
+                       "--num_processes=2", f"--process_id={i}", devices=2) for i in range(2)])
+    _check([_small_run(tmp_path / "four", cache, 10, "--config.mesh.fsdp=-1", devices=4)])
+    _check([_small_run(tmp_path / "two", cache, 20)])
+    _check([_small_run(tmp_path / "one", cache, 20)])
     resumed, four, one = _metrics(tmp_path / "two"), _metrics(tmp_path / "four"), _metrics(tmp_path / "one")
     assert [m["step"] for m in resumed] == [5, 10, 15, 20]
     assert sorted(os.listdir(tmp_path / "two" / "checkpoints")) == ["10", "20"]
