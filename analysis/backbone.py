@@ -113,11 +113,12 @@ def switching_rows(steps: np.ndarray, drift: np.ndarray, accuracy: tuple[np.ndar
 # ---------------------------------------------------------------------------------------------------------
 
 
-def materialise(series: snapshots.Series, names: list[str], weights: np.ndarray) -> jax.Array:
-    """Σ_t weights[j, t] (θ(t) − θ(0)) over the named leaves, raveled and concatenated: (J, D) on device."""
+def materialise(series: snapshots.WeightSeries, names: list[str], weights: np.ndarray) -> jax.Array:
+    """Σ_t weights[j, t] (θ(t) − θ(0)) over the named leaves, raveled (in the model's orientation, as the
+    gradients are) and concatenated: (J, D) on device."""
     parts = []
     for name in names:
-        slab = jnp.asarray(series.slab(name))
+        slab = jnp.asarray(series.unravel(name, series.slab(name)).reshape(len(series.steps), -1))
         w = jnp.asarray(weights, jnp.float32)
         parts.append(w @ slab - jnp.sum(w, axis=1, keepdims=True) * slab[:1])
     return jnp.concatenate(parts, axis=1)
@@ -212,7 +213,7 @@ def _span(values) -> str:
     return f"{min(values):.3g}–{max(values):.3g}" if len(values) > 1 else f"{values[0]:.3g}"
 
 
-def section(data: series_lib.Measured, series: snapshots.Series, run_dir: str | None, figs: str,
+def section(data: series_lib.Measured, series: snapshots.WeightSeries, run_dir: str | None, figs: str,
             window: tuple[int, int] | None = None, gradient_batches: int = 0, gradient_every: int = 1
             ) -> sections.Section:
     """The backbone paper's part of a report: per-block (and whole-trunk) geometry, switching overlaps,

@@ -3,9 +3,10 @@
 For each run directory (a comma list analyses several, e.g. the four V1b seeds, and adds a comparison
 page) it writes ``{out}/{run name}/`` (default ``{run_dir}/report``): ``index.html`` (the whole report on one
 self-contained page), ``report.json`` (the headline numbers), ``tables/*.csv`` and ``figures/*.png``
-(``analysis.report``). ``--hf_series=DIR`` analyses the weights of a ``step{N}``
-HuggingFace series instead (converted once into snapshots under ``{out}``); the recovered alignment then
-needs the schedule: ``--schedule_config=configs/….py``.
+(``analysis.report``). ``--hf_series=DIR`` analyses the weights of a model suite's
+``step{N}`` revisions instead, read in place (a folder of checkpoint folders, or a hub cache
+``models--ORG--NAME``: ``weibull_jax.suites``); the recovered alignment then needs the schedule:
+``--schedule_config=configs/….py``.
 """
 
 from __future__ import annotations
@@ -18,13 +19,16 @@ from ml_collections import config_flags
 from analysis import report, series
 
 _RUN_DIR = flags.DEFINE_list("run_dir", [], "Run directories of python -m train.main (comma list).")
-_HF_SERIES = flags.DEFINE_string("hf_series", "", "A folder of step{N} HuggingFace checkpoints.")
+_HF_SERIES = flags.DEFINE_string("hf_series", "", "step{N} revisions of a model: a folder of HuggingFace "
+                                  "checkpoint folders, or a hub cache models--ORG--NAME.")
 _SCHEDULE_CONFIG = config_flags.DEFINE_config_file(
     "schedule_config", None, "With --hf_series: a training config whose steps and optimizer (schedule, weight "
     "decay) the series was trained with.")
 _OUT = flags.DEFINE_string("out", "", "Report folder (default: {run_dir}/report, or reports/hf).")
 _SPACINGS = flags.DEFINE_list("closed_loop_spacings", ["1", "50", "250", "500"], "Δ of the closed loop.")
 _RECOVERY = flags.DEFINE_list("recovery_spacings", ["250", "500", "1000"], "Knot spacings of the recovery.")
+_RECOVERY_EVERY = flags.DEFINE_integer("recovery_every", 50, "The pointwise recovery's steps: every N-th recorded "
+                                       "step inside the knot range (the forces paper's cadence: 50).")
 _TABLE_STEPS = flags.DEFINE_list("table_steps", [str(s) for s in series.TABLE_STEPS], "Steps of the share table.")
 _WINDOW = flags.DEFINE_list("backbone_window", [], "FIRST,LAST: the trajectory geometry of the knots in [FIRST, "
                             "LAST] only, drifts from FIRST (the SGD controls' [600, 2000]); default: all knots.")
@@ -47,7 +51,7 @@ def main(argv):
         raise app.UsageError("give --run_dir (one or more run directories) or --hf_series")
     try:
         window = _integers(_WINDOW)
-        for flag, lowest in ((_GRADIENT_BATCHES, 0), (_GRADIENT_EVERY, 1)):
+        for flag, lowest in ((_GRADIENT_BATCHES, 0), (_GRADIENT_EVERY, 1), (_RECOVERY_EVERY, 1)):
             if flag.value < lowest:
                 raise ValueError(f"--{flag.name} must be >= {lowest}, got {flag.value}")
         for flag in (_SPACINGS, _RECOVERY, _TABLE_STEPS):
@@ -58,6 +62,7 @@ def main(argv):
         report.run(_RUN_DIR.value, _HF_SERIES.value, _OUT.value, _SCHEDULE_CONFIG.value,
                    gradient_batches=_GRADIENT_BATCHES.value, gradient_every=_GRADIENT_EVERY.value,
                    closed_loop_spacings=_integers(_SPACINGS), recovery_spacings=_integers(_RECOVERY),
+                   recovery_every=_RECOVERY_EVERY.value,
                    table_steps=_integers(_TABLE_STEPS), backbone_window=window or None)
     except (ValueError, OSError) as e:  # bad or unreadable inputs, a full disk: one message, no traceback
         sys.exit(f"analysis.main: {e}")

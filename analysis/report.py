@@ -23,7 +23,7 @@ import numpy as np
 from absl import logging
 
 from analysis import backbone, figures, sections, series, sosd
-from weibull_jax import convert, snapshots
+from weibull_jax import snapshots, suites
 
 HTML_ROWS = 200  # rows of a table shown on the page; the CSV beside it has them all
 
@@ -54,16 +54,18 @@ class _Staging:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
-def analyze(series_dir: str, out: str, config: ml_collections.ConfigDict | None = None,
+def analyze(series_data: snapshots.WeightSeries, out: str, config: ml_collections.ConfigDict | None = None,
             recorded: series.Recorded | None = None, closed_loop_spacings=(1, 50, 250, 500),
-            recovery_spacings=(250, 500, 1000), table_steps=series.TABLE_STEPS, n_heads: int | None = None,
+            recovery_spacings=(250, 500, 1000), recovery_every=series.POINT_EVERY, table_steps=series.TABLE_STEPS,
+            n_heads: int | None = None,
             run_dir: str | None = None, backbone_window: tuple[int, int] | None = None, gradient_batches: int = 0,
             gradient_every: int = 1) -> dict:
-    """Writes the report of one snapshot series (with its run's config and recorded forces where known) and
-    returns its numbers. ``n_heads`` splits fused W_qkv for the spectra; ``run_dir`` adds the live spectra,
-    the probe accuracy and (``gradient_batches`` > 0) the gradient probes of the backbone."""
+    """Writes the report of one weight series (a run's snapshots or a suite's revisions, with the run's config
+    and recorded forces where known) and returns its numbers. ``n_heads`` splits fused W_qkv for the spectra;
+    ``run_dir`` adds the live spectra, the probe accuracy and (``gradient_batches`` > 0) the gradient probes
+    of the backbone."""
     start = time.perf_counter()
-    series_data = snapshots.Series(series_dir)
+    series_dir = series_data.directory
     if len(series_data.steps) < 2:
         raise ValueError(f"{series_dir} holds {len(series_data.steps)} snapshot(s); a series needs at least two")
     os.makedirs(out, exist_ok=True)
@@ -72,7 +74,8 @@ def analyze(series_dir: str, out: str, config: ml_collections.ConfigDict | None 
         figs = os.path.join(staging.path, "figures")
         data = series.measure(series_data, n_heads)
         measured_s = time.perf_counter() - start
-        parts = [series.section(data, figs, config, recorded, closed_loop_spacings, recovery_spacings, table_steps),
+        parts = [series.section(data, figs, config, recorded, closed_loop_spacings, recovery_spacings, table_steps,
+                                recovery_every),
                  sosd.section(data, run_dir, figs),
                  backbone.section(data, series_data, run_dir, figs, backbone_window, gradient_batches,
                                   gradient_every)]
@@ -99,18 +102,18 @@ def analyze_run(run_dir: str, out: str, **options) -> dict:
     """The report of a run directory of ``python -m train.main``."""
     config = series.load_config(run_dir)
     recorded = series.load_forces(run_dir) if config.get("record_forces") else None
-    return analyze(os.path.join(run_dir, "snapshots"), out, config, recorded, n_heads=config.model.n_heads,
-                   run_dir=run_dir, **options)
+    return analyze(snapshots.Series(os.path.join(run_dir, "snapshots")), out, config, recorded,
+                   n_heads=config.model.n_heads, run_dir=run_dir, **options)
 
 
 def analyze_hf_series(root: str, out: str, schedule_config: ml_collections.ConfigDict | None, **options) -> dict:
-    """The weights-only report of a ``step{N}`` series of HuggingFace checkpoints (converted once into
-    ``{out}/snapshots``); ``schedule_config`` (the run's training config) adds the recovered alignment."""
-    series_dir = os.path.join(out, "snapshots")
-    snapshots.from_hf_series(root, series_dir)
-    first = convert.checkpoint_series(root)[0][1]
-    n_heads = convert.config_from_hf(convert.read_hf_config(first)).n_heads
-    return analyze(series_dir, out, schedule_config, None, n_heads=n_heads, **options)
+    """The weights-only report of a model suite's ``step{N}`` revisions (a folder of checkpoint folders or a
+    hub cache ``models--ORG--NAME``), read in place; ``schedule_config`` (the run's training config) adds the
+    recovered alignment."""
+    suite = suites.Suite(root)
+    logging.info("%s: %d revisions (steps %d … %d), %.2f GB of weights", root, len(suite.steps), suite.steps[0],
+                 suite.steps[-1], suite.stored_bytes() / 1e9)
+    return analyze(suite, out, schedule_config, None, n_heads=suite.config.n_heads, **options)
 
 
 def run(run_dirs: list[str], hf_series: str, out_root: str, schedule_config=None, gradient_batches: int = 0,
@@ -181,7 +184,8 @@ def summary_lines(name: str, report: dict) -> list[str]:
     for r in report.get("recovery", []):
         if "rate" in r:
             lines.append(f"  recovery Δ={r['spacing']:<5} {r['method']:<10} {r['rate']:.3f} "
-                         f"(median per interval {r['median_interval_rate']:.3f})")
+                         f"(median per interval {r['median_interval_rate']:.3f}, median over {r['points']} "
+                         f"steps {r['median_pointwise_rate']:.3f})")
     for source in ("live", "snapshots"):
         for group, v in report.get(f"sosd_{source}", {}).items():
             lines.append(f"  SD variation ({source}, Δ={v['interval']}) {group:<9}: peak {v['peak']:.3e} at step "

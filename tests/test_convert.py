@@ -9,7 +9,7 @@ import pytest
 import torch
 import transformers
 
-from weibull_jax import convert, models
+from weibull_jax import convert, models, suites
 
 VOCAB, SEQ = 211, 24
 
@@ -102,7 +102,7 @@ def test_pytorch_bin_checkpoint_and_step_series(tmp_path):
         (folder / "config.json").write_text(model.config.to_json_string())
         torch.save(model.state_dict(), folder / "pytorch_model.bin")
     (tmp_path / "notes").mkdir()
-    series = convert.checkpoint_series(str(tmp_path))
+    series = suites.revisions(str(tmp_path))
     assert [s for s, _ in series] == [0, 512, 1000]
     config, params = convert.load_hf_checkpoint(series[-1][1])
     np.testing.assert_allclose(_jax_logits(config, params), _hf_logits(model), atol=1e-4, rtol=0)

@@ -75,7 +75,7 @@ def test_exact_identity_and_unit_spacing_recover_the_true_alignment(adamw_run):
     gram = jax.device_get(trajectory.trajectory_gram(jnp.asarray(slab)))
     knots = np.arange(slab.shape[0])
     lr = np.asarray([schedule(t) for t in knots], np.float64)
-    for method in trajectory.METHODS:
+    for method in ("spline", "two_point"):  # the identity itself; the mean-rate form rescales by η_t/η̄
         steps, estimate = trajectory.alignment_estimate(gram, knots, lr, wd, method)
         np.testing.assert_allclose(estimate, truth, atol=1e-3 * np.abs(truth).max())
     t = 40
@@ -155,3 +155,26 @@ def test_closed_loop_is_exact_with_exact_forces_and_the_true_shape():
     # forward Euler at Δ = 2 on a straight line of ‖w‖² is still exact at its grid points
     line = closed_loop.integrate_sq_norm(1.0, np.full(8, 0.5), 2)
     np.testing.assert_allclose(line, [1.0, 2.0, 3.0, 4.0, 5.0])
+
+
+def test_the_public_codes_two_point_form_and_pointwise_median(adamw_run):
+    """The authors' baseline written out per step from the weights (u = −(w_hi − w_lo)/(½(η_lo + η_hi)Δ) −
+    λ_wd w_lo, alignment 2η_t⟨w_lo, u⟩ in their sign) against the Gram form, and their estimand: the median
+    over every 10th step of estimate/true."""
+    slab, truth, schedule, wd = adamw_run
+    knots = np.arange(0, slab.shape[0], 20)
+    lr = np.asarray([schedule(t) for t in range(slab.shape[0])], np.float64)
+    steps, estimate = trajectory.alignment_estimate(_exact_gram(slab[knots]), knots, lr, wd, "two_point_mean_lr")
+    w = slab.astype(np.float64)
+    reference = []
+    for t in steps:
+        lo = t // 20 * 20
+        hi = lo + 20
+        u = -(w[hi] - w[lo]) / (0.5 * (lr[lo] + lr[hi]) * (hi - lo)) - wd * w[lo]
+        reference.append(-2 * lr[t] * w[lo] @ u)  # our sign: F_align = −2η⟨w, u⟩
+    np.testing.assert_allclose(estimate, reference, rtol=1e-9, atol=1e-12 * np.abs(reference).max())
+    assert not np.allclose(estimate, trajectory.alignment_estimate(_exact_gram(slab[knots]), knots, lr, wd,
+                                                                   "two_point")[1], rtol=1e-3)
+    at, ratios = trajectory.pointwise_ratios(steps, estimate, truth, 10)
+    assert list(at) == list(range(0, knots[-1], 10))
+    np.testing.assert_allclose(ratios, [reference[t] / truth[t] for t in at], rtol=1e-9)

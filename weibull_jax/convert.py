@@ -170,46 +170,55 @@ def read_hf_tensors(path: str) -> dict[str, np.ndarray]:
     return {k: np.asarray(v, np.float32) for k, v in tensors.items()}
 
 
-def params_from_hf(tensors: dict[str, Any], config: ModelConfig) -> dict:
-    """The Flax parameter tree of HF ``tensors`` for a ``config`` model.
+def match_tensors(shapes: dict[str, tuple[int, ...]], config: ModelConfig) -> dict[str, str]:
+    """For each HF tensor of a ``config`` model, the key of the checkpoint that holds it, from the
+    checkpoint's ``shapes`` (key → shape) alone, so that a checkpoint can be checked before it is read.
 
     Raises ``ValueError`` naming the tensor for a missing tensor, a wrong shape, or a tensor the
     architecture does not have. A missing ``lm_head.weight`` of a Llama checkpoint with tied embeddings
     is taken from the embedding; GPT-NeoX's head is read as ``embed_out.weight`` (checkpoints) or
     ``lm_head.weight`` (the module name in ``transformers`` 5, which a raw ``state_dict()`` keeps).
     """
-    tensors = {k: v for k, v in tensors.items() if not _BUFFERS.search(k)}
-    if config.family == "gpt_neox" and "lm_head.weight" in tensors and "embed_out.weight" not in tensors:
-        tensors["embed_out.weight"] = tensors.pop("lm_head.weight")
-    if config.family == "llama" and "lm_head.weight" not in tensors and "model.embed_tokens.weight" in tensors:
-        tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"]
-    shapes = expected_shapes(config)
+    keys = {k: k for k in shapes if not _BUFFERS.search(k)}
+    if config.family == "gpt_neox" and "lm_head.weight" in keys and "embed_out.weight" not in keys:
+        keys["embed_out.weight"] = keys.pop("lm_head.weight")
+    if config.family == "llama" and "lm_head.weight" not in keys and "model.embed_tokens.weight" in keys:
+        keys["lm_head.weight"] = "model.embed_tokens.weight"
+    expected = expected_shapes(config)
+    for t in tensor_map(config):
+        if t.hf not in keys:
+            raise ValueError(f"checkpoint is missing tensor {t.hf!r} (expected shape {expected[t.hf]})")
+        if tuple(shapes[keys[t.hf]]) != expected[t.hf]:
+            raise ValueError(f"tensor {t.hf!r} has shape {tuple(shapes[keys[t.hf]])}, the config says "
+                             f"{expected[t.hf]}")
+    unknown = sorted(set(keys) - set(expected))
+    if unknown:
+        raise ValueError(f"checkpoint has tensor {unknown[0]!r} that a {ARCHITECTURES[config.family]} with this "
+                         f"config does not have ({len(unknown)} such tensors)")
+    return {name: keys[name] for name in expected}
+
+
+def params_from_hf(tensors: dict[str, Any], config: ModelConfig) -> dict:
+    """The Flax parameter tree of HF ``tensors`` for a ``config`` model (checked by :func:`match_tensors`)."""
+    source = match_tensors({k: np.shape(v) for k, v in tensors.items()}, config)
     params: dict = {}
     for t in tensor_map(config):
-        if t.hf not in tensors:
-            raise ValueError(f"checkpoint is missing tensor {t.hf!r} (expected shape {shapes[t.hf]})")
-        x = np.asarray(tensors[t.hf], np.float32)
-        if x.shape != shapes[t.hf]:
-            raise ValueError(f"tensor {t.hf!r} has shape {x.shape}, the config says {shapes[t.hf]}")
+        x = np.asarray(tensors[source[t.hf]], np.float32)
         node = params
         for p in t.path[:-1]:
             node = node.setdefault(p, {})
         node[t.path[-1]] = x.T if t.transpose else x
-    unknown = sorted(set(tensors) - set(shapes))
-    if unknown:
-        raise ValueError(f"checkpoint has tensor {unknown[0]!r} that a {ARCHITECTURES[config.family]} with this "
-                         f"config does not have ({len(unknown)} such tensors)")
     return params
 
 
-def params_to_hf(params: dict, config: ModelConfig) -> dict[str, np.ndarray]:
-    """The HF state dict (numpy float32) of a Flax parameter tree."""
+def params_to_hf(params: dict, config: ModelConfig, dtype: str = "float32") -> dict[str, np.ndarray]:
+    """The HF state dict (numpy, in ``dtype``) of a Flax parameter tree."""
     out = {}
     for t in tensor_map(config):
         leaf = params
         for p in t.path:
             leaf = leaf[p]
-        x = np.asarray(leaf, np.float32)
+        x = np.asarray(leaf, dtype)
         out[t.hf] = np.ascontiguousarray(x.T if t.transpose else x)
     return out
 
@@ -220,23 +229,14 @@ def load_hf_checkpoint(path: str) -> tuple[ModelConfig, dict]:
     return config, params_from_hf(read_hf_tensors(path), config)
 
 
-def save_hf_checkpoint(path: str, params: dict, config: ModelConfig) -> None:
-    """Writes ``config.json`` and ``model.safetensors`` that ``transformers`` loads with ``from_pretrained``."""
+def save_hf_checkpoint(path: str, params: dict, config: ModelConfig, dtype: str = "float32") -> None:
+    """Writes ``config.json`` and ``model.safetensors`` (tensors in ``dtype``: ``float32`` or ``float16``, the
+    dtype of Pythia's revisions) that ``transformers`` loads with ``from_pretrained``."""
     from safetensors.numpy import save_file
 
+    if dtype not in ("float32", "float16"):
+        raise ValueError(f"save_hf_checkpoint writes float32 or float16, not {dtype!r}")
     os.makedirs(path, exist_ok=True)
     with open(os.path.join(path, "config.json"), "w") as f:
-        json.dump(config_to_hf(config), f, indent=2)
-    save_file(params_to_hf(params, config), os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
-
-
-def checkpoint_series(root: str) -> list[tuple[int, str]]:
-    """The ``step{N}`` checkpoint folders under ``root`` (a Pythia revision series), sorted by step."""
-    found = []
-    for name in os.listdir(root):
-        m = re.fullmatch(r"step(\d+)", name)
-        if m and os.path.isfile(os.path.join(root, name, "config.json")):
-            found.append((int(m.group(1)), os.path.join(root, name)))
-    if not found:
-        raise FileNotFoundError(f"no step{{N}} checkpoint folders with a config.json under {root!r}")
-    return sorted(found)
+        json.dump({**config_to_hf(config), "torch_dtype": dtype}, f, indent=2)
+    save_file(params_to_hf(params, config, dtype), os.path.join(path, "model.safetensors"), metadata={"format": "pt"})

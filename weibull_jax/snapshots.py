@@ -24,7 +24,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from weibull_jax import convert
 from weibull_jax import tree as tree_lib
 
 INDEX = "index.json"
@@ -93,14 +92,87 @@ def step_files(directory: str) -> list[tuple[int, str]]:
     return sorted((int(os.path.basename(p)[:-4]), p) for p in paths)
 
 
-class Series:
-    """A snapshot series on disk: ``steps``, the ``layout``, and per-leaf reads across all steps."""
+def read_at(path: str, offset: int, buffer: Any) -> None:
+    """Fills ``buffer`` (a writable numpy array) with the bytes of ``path`` from ``offset``: positional reads
+    straight into it, outside the GIL (so several threads read in parallel)."""
+    view, done = memoryview(buffer.view(np.uint8)), 0
+    with open(path, "rb", buffering=0) as f:
+        while done < len(view):
+            got = os.preadv(f.fileno(), [view[done:]], offset + done)
+            if got == 0:
+                raise ValueError(f"{path} ends before byte {offset + len(view)}: a truncated file")
+            done += got
+
+
+READ_THREADS = 8  # reads of one slab in flight at once (one file each)
+
+
+def read_rows(copy, rows: int) -> None:
+    """``copy(row)`` for every row, ``READ_THREADS`` at a time (reads of several files in flight at once)."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
+        list(pool.map(copy, range(rows)))
+
+
+class WeightSeries:
+    """What the series analyses read: ``steps``, a :class:`Layout` (names and shapes in the model's
+    orientation), ``directory``, and per-leaf reads across steps. Subclasses give :meth:`slab` (a leaf's
+    elements in the order they are stored, as float32 or, ``dtype=None``, as stored) and :meth:`unravel`
+    (those rows back into matrices)."""
+
+    steps: np.ndarray
+    layout: Layout
+    directory: str
+
+    def slab(self, name: str, indices: Any = None, elements: slice = slice(None), dtype: Any = np.float32
+             ) -> np.ndarray:
+        raise NotImplementedError
+
+    def unravel(self, name: str, rows: Any) -> Any:
+        raise NotImplementedError
+
+    @property
+    def names(self) -> list[str]:
+        return self.layout.names
+
+    def matrices(self) -> list[str]:
+        return [n for n, s in zip(self.layout.names, self.layout.shapes) if len(s) >= 2]
+
+    def leaf(self, name: str, index: int) -> np.ndarray:
+        """One leaf at the ``index``-th step (a read of only its bytes)."""
+        return self.unravel(name, self.slab(name, [index]))[0]
+
+    def params(self, index: int) -> dict[str, np.ndarray]:
+        """All leaves at one step, by name."""
+        return {n: self.leaf(n, index) for n in self.layout.names}
+
+    def tree(self, index: int) -> dict:
+        """All leaves at one step as the nested parameter tree they were flattened from."""
+        out: dict = {}
+        for name in self.layout.names:
+            *path, last = name.split(".")
+            node = out
+            for key in path:
+                node = node.setdefault(key, {})
+            node[last] = self.leaf(name, index)
+        return out
+
+    def index_of(self, step: int) -> int:
+        """The position of ``step`` in the series (a clear error if it was not saved)."""
+        hits = np.flatnonzero(self.steps == step)
+        if not hits.size:
+            raise ValueError(f"{self.directory} has no snapshot at step {step} (steps {self.steps[0]} … "
+                             f"{self.steps[-1]}, {len(self.steps)} in all)")
+        return int(hits[0])
+
+
+class Series(WeightSeries):
+    """A snapshot series on disk (``{step:08d}.npy`` files, stored in the model's orientation)."""
 
     def __init__(self, directory: str):
         index = os.path.join(directory, INDEX)
         if not os.path.isfile(index):
             raise ValueError(f"{directory} is not a snapshot series: no {INDEX} (train with "
-                             "config.snapshot_every > 0, or convert a HuggingFace series with from_hf_series)")
+                             "config.snapshot_every > 0; a HuggingFace revision series is read by weibull_jax.suites)")
         try:
             with open(index) as f:
                 raw = json.load(f)
@@ -128,77 +200,23 @@ class Series:
                                  f"({self.layout.size},) float32: mismatched checkpoint shapes in one series")
             self._arrays.append(a)
 
-    @property
-    def names(self) -> list[str]:
-        return self.layout.names
-
-    def matrices(self) -> list[str]:
-        return [n for n, s in zip(self.layout.names, self.layout.shapes) if len(s) >= 2]
-
-    def leaf(self, name: str, index: int) -> np.ndarray:
-        """One leaf at the ``index``-th step (a read of only its bytes)."""
-        start, shape = self.layout.span(name)
-        return np.asarray(self._arrays[index][start:start + math.prod(shape)]).reshape(shape)
-
-    def slab(self, name: str, indices: Any = None, elements: slice = slice(None)) -> np.ndarray:
-        """``(T, n)``: the leaf raveled, one row per step (``indices`` selects steps, ``elements`` a range of
-        the raveled leaf; default all): reads only those bytes of each file."""
+    def slab(self, name: str, indices: Any = None, elements: slice = slice(None), dtype: Any = np.float32
+             ) -> np.ndarray:
+        """``(T, n)`` float32: the leaf raveled, one row per step (``indices`` selects steps, ``elements`` a
+        range of the raveled leaf; default all): reads only those bytes of each file. Snapshots are stored in
+        float32, so ``dtype`` (``None``: as stored) changes nothing."""
         start, shape = self.layout.span(name)
         lo, hi, _ = elements.indices(math.prod(shape))
         indices = list(range(len(self.steps)) if indices is None else indices)
         out = np.empty((len(indices), hi - lo), np.float32)
 
-        def copy(row: int) -> None:  # positional reads straight into the buffer, outside the GIL, in parallel
+        def copy(row: int) -> None:
             array = self._arrays[indices[row]]
-            buffer = memoryview(out[row]).cast("B")
-            offset, done = array.offset + 4 * (start + lo), 0
-            with open(array.filename, "rb", buffering=0) as f:
-                while done < len(buffer):
-                    done += os.preadv(f.fileno(), [buffer[done:]], offset + done)
+            read_at(array.filename, array.offset + 4 * (start + lo), out[row])
 
-        with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
-            list(pool.map(copy, range(len(indices))))
+        read_rows(copy, len(indices))
         return out
 
-    def params(self, index: int) -> dict[str, np.ndarray]:
-        """All leaves at one step, by name."""
-        return {n: self.leaf(n, index) for n in self.layout.names}
-
-    def tree(self, index: int) -> dict:
-        """All leaves at one step as the nested parameter tree they were flattened from."""
-        out: dict = {}
-        for name in self.layout.names:
-            *path, last = name.split(".")
-            node = out
-            for key in path:
-                node = node.setdefault(key, {})
-            node[last] = self.leaf(name, index)
-        return out
-
-    def index_of(self, step: int) -> int:
-        """The position of ``step`` in the series (a clear error if it was not saved)."""
-        hits = np.flatnonzero(self.steps == step)
-        if not hits.size:
-            raise ValueError(f"{self.directory} has no snapshot at step {step} (steps {self.steps[0]} … "
-                             f"{self.steps[-1]}, {len(self.steps)} in all)")
-        return int(hits[0])
-
-
-def from_hf_series(root: str, directory: str) -> Series:
-    """Converts a ``step{N}`` series of HuggingFace checkpoints (e.g. Pythia's revisions) into snapshots in
-    ``directory``, one checkpoint in memory at a time; already converted steps are kept."""
-    done = {s for s, _ in step_files(directory)}
-    layout = None
-    for step, path in convert.checkpoint_series(root):
-        if step in done and layout is not None:
-            continue
-        _, params = convert.load_hf_checkpoint(path)
-        this = layout_of(params)
-        if layout is None:
-            layout = this
-            write_layout(directory, layout)
-        elif this != layout:
-            raise ValueError(f"{path}: its tensors differ in names or shapes from the series' first checkpoint")
-        if step not in done:
-            write(directory, step, np.concatenate([np.ravel(x).astype(np.float32) for x in jax.tree.leaves(params)]))
-    return Series(directory)
+    def unravel(self, name: str, rows: Any) -> Any:
+        """``(T, n)`` rows of a whole leaf as ``(T, *shape)``."""
+        return rows.reshape(len(rows), *self.layout.span(name)[1])

@@ -19,8 +19,12 @@ so u_t = −(w_{t+1} − (1 − η_t λ_wd) w_t)/η_t and the alignment force is
 **Sparse checkpoints** (§5.2, Eq. A.6). With knots Δ steps apart the unit-step displacement is estimated
 (i) from the not-a-knot cubic spline S through the knots, per element: w_t ≈ S(t), w_{t+1} − w_t ≈
 S(t+1) − S(t), at every step t; or (ii) by the naive two-point difference (w_{j+1} − w_j)/Δ_j with w_t ≈ w_j
-on the interval. Both are linear in the knot values (S(t) = Σ_i a_i(t) w_i), so
-F̂(t) = 2 a(t)ᵀ G b(t) + 2η_t λ_wd a(t)ᵀ G a(t), b = a(t+1) − a(t): the estimate needs only G.
+on the interval; or (iii) by the two-point form of the authors' public code, which turns the interval's
+displacement into an update with the mean of its endpoint rates, u = −(w_{j+1} − w_j)/(½(η_{s_j} + η_{s_{j+1}})
+Δ_j) − λ_wd w_j, and takes F̂(t) = −2η_t⟨w_j, u⟩: (ii) with its displacement term scaled by η_t/η̄_j (the two
+agree under a constant rate). All are linear in the knot values (S(t) = Σ_i a_i(t) w_i), so
+F̂(t) = 2 a(t)ᵀ G b(t) + 2η_t λ_wd a(t)ᵀ G a(t), b = a(t+1) − a(t) (or its two-point forms): the estimate
+needs only G.
 """
 
 from __future__ import annotations
@@ -145,7 +149,7 @@ def spline_weights(knots: np.ndarray, x: np.ndarray, derivative: bool = False) -
     return (b00[:, None] * eye[i] + b01[:, None] * eye[i + 1] + b10[:, None] * slopes[i] + b11[:, None] * slopes[i + 1])
 
 
-METHODS = ("spline", "two_point")
+METHODS = ("spline", "two_point", "two_point_mean_lr")
 
 
 def alignment_estimate(gram: TrajectoryGram, knots: np.ndarray, lr: Any, weight_decay: float,
@@ -155,10 +159,12 @@ def alignment_estimate(gram: TrajectoryGram, knots: np.ndarray, lr: Any, weight_
     Args:
       gram: the Gram of the knot series (one matrix, or summed over a class).
       knots: the steps s_j of the checkpoints (weights after s_j optimizer steps).
-      lr: η_t for t = 0, 1, …, s_{T−1} − 1 (the rate of the step from w_t to w_{t+1}), an array or a callable.
+      lr: η_t for t = 0, 1, …, s_{T−1} − 1 (the rate of the step from w_t to w_{t+1}; ``two_point_mean_lr``
+        also reads η at s_{T−1}), an array or a callable.
       weight_decay: λ_wd of the matrices in ``gram``.
-      method: ``"spline"`` (Eq. A.6) or ``"two_point"`` (the naive baseline). With consecutive knots
-        (Δ = 1) both are the exact identity.
+      method: ``"spline"`` (Eq. A.6), ``"two_point"`` (the naive baseline) or ``"two_point_mean_lr"`` (the
+        public code's baseline, module docstring). With consecutive knots (Δ = 1) the first two are the
+        exact identity.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}; got {method!r}")
@@ -173,7 +179,21 @@ def alignment_estimate(gram: TrajectoryGram, knots: np.ndarray, lr: Any, weight_
         eye = np.eye(s.size)
         a = eye[j]
         b = (eye[j + 1] - eye[j]) / (s[j + 1] - s[j])[:, None]
+        if method == "two_point_mean_lr":
+            ends = np.asarray(lr(s) if callable(lr) else np.asarray(lr)[s], np.float64)
+            b = b * (eta / (0.5 * (ends[j] + ends[j + 1])))[:, None]
     return steps, 2.0 * gram.bilinear(a, b) + 2.0 * eta * weight_decay * gram.bilinear(a, a)
+
+
+def pointwise_ratios(steps: np.ndarray, estimate: np.ndarray, truth: np.ndarray, every: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """(points, estimate/true) at the steps t ≡ 0 (mod ``every``) among ``steps``: the authors' recovery
+    estimand is the median of these ratios (forces paper §5.2, every recorded step inside the knot range).
+    ``truth`` is indexed by step (row t: the step from w_t to w_{t+1}); a step whose true alignment is 0 (no
+    step taken: η_t = 0 at the start of a warmup) has no ratio and is left out."""
+    points = steps[steps % every == 0]
+    points = points[np.asarray(truth)[points] != 0]
+    return points, estimate[points - steps[0]] / truth[points]
 
 
 def interval_sums(steps: np.ndarray, values: np.ndarray, knots: np.ndarray) -> np.ndarray:

@@ -1,18 +1,23 @@
-"""Singular spectra: weibull-jax's Gram-eigenvector path vs ``jnp.linalg.svd`` on the same device, and both
-against numpy's float64 SVD.
+"""Singular spectra: the ways to compute them on one device, timed side by side and checked against
+numpy's float64 SVD.
 
   PYTHONPATH=. python tests/benchmarks/bench_spectra.py [--run_dir=runs/sosd_gpt2] [--repeats=20]
 
-Two workloads: the stack the issue quotes (24 × 512 × 512, Gaussian) and the whole trunk of a model (every
-attention and MLP matrix, W_qkv split; a fresh Pythia-70M, or the last snapshot of ``--run_dir``), one call
-each: ``spectra.singular_values`` batched per shape vs ``jnp.linalg.svd(compute_uv=False)`` batched per shape.
-Prints the median warm times, their ratio, and the largest |ΔSD| of each against float64 on the host.
-Not collected by pytest.
+Methods: ``float64_gram`` (weibull-jax: the float64 Gram's eigenvectors, σ_i = ‖W v_i‖), ``float32_gram``
+(the same in float32: the earlier method, and the one a TPU gets), ``float64_eigvals`` (σ_i = √λ_i of the
+float64 Gram; ``_jacobi``: with cuSOLVER's Jacobi eigensolver, GPUs only) and ``jnp.linalg.svd``
+(float32). Workloads: the stack the issue quotes (24 × 512 × 512, Gaussian; again with Student-t (2 degrees
+of freedom) weights) and the whole trunk of a model (every attention and MLP matrix,
+W_qkv split; a fresh Pythia-70M, or the last snapshot of ``--run_dir``), batched per shape in one call.
+Prints the median warm time of each and the largest |ΔSD| against float64 on the host, then each method's
+SD variation between two heavy-tailed matrices 1e-4 apart (SoSD's floor) against float64's. Not collected by
+pytest.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import time
@@ -41,22 +46,70 @@ def _by_shape(matrices: dict[str, np.ndarray]) -> list[jax.Array]:
     return [jnp.asarray(np.stack(ws), jnp.float32) for ws in shapes.values()]
 
 
+def _float64(fn):
+    def run(w):
+        with jax.enable_x64(True):
+            return fn(w.astype(jnp.float64)).astype(jnp.float32)
+    return run
+
+
+def _eigvals(w, implementation=None):
+    """σ_i = √λ_i of the smaller Gram matrix, with cuSOLVER's default or ``implementation``'s eigensolver."""
+    w = w if w.shape[-1] <= w.shape[-2] else jnp.swapaxes(w, -1, -2)
+    gram = jnp.einsum("...ki,...kj->...ij", w, w, precision=jax.lax.Precision.HIGHEST)
+    _, lam = jax.lax.linalg.eigh(gram, implementation=implementation)
+    return -jnp.sort(-jnp.sqrt(jnp.maximum(lam, 0)), -1)
+
+
+JACOBI = jax.lax.linalg.EighImplementation.JACOBI
+METHODS = {
+    "float64_gram": spectra.singular_values,
+    "float32_gram": lambda w: spectra._gram_singular_values(w.astype(jnp.float32)),
+    "float64_eigvals": _float64(_eigvals),
+    "float64_eigvals_jacobi": _float64(functools.partial(_eigvals, implementation=JACOBI)),
+    "jnp.linalg.svd": lambda w: jnp.linalg.svd(w, compute_uv=False),
+}
+
+
 def compare(name: str, stacks: list[jax.Array], repeats: int) -> None:
-    ours = jax.jit(lambda xs: [spectra.singular_values(x) for x in xs])
-    svd = jax.jit(lambda xs: [jnp.linalg.svd(x, compute_uv=False) for x in xs])
-    t_ours, t_svd = _median_seconds(lambda: ours(stacks), repeats), _median_seconds(lambda: svd(stacks), repeats)
-    errors = {"gram_eigenvectors": 0.0, "jnp_svd": 0.0}
-    for x, a, b in zip(stacks, ours(stacks), svd(stacks)):
+    refs = []
+    for x in stacks:
         ref = np.linalg.svd(np.asarray(x, np.float64), compute_uv=False)
-        ref /= ref.sum(-1, keepdims=True)
-        for key, s in (("gram_eigenvectors", a), ("jnp_svd", b)):
+        refs.append(ref / ref.sum(-1, keepdims=True))
+    print(f"{name}: {sum(x.shape[0] for x in stacks)} matrices in {len(stacks)} shapes on "
+          f"{jax.devices()[0].device_kind}", flush=True)
+    for method, fn in METHODS.items():
+        batched = jax.jit(lambda xs, fn=fn: [fn(x) for x in xs])
+        try:
+            seconds = _median_seconds(lambda: batched(stacks), repeats)
+        except NotImplementedError as e:  # the Jacobi eigensolver exists on GPUs only
+            print(f"  {method:20s} not on this backend ({e})")
+            continue
+        error = 0.0
+        for s, ref in zip(batched(stacks), refs):
             s = np.asarray(s, np.float64)
-            errors[key] = max(errors[key], float(np.abs(s / s.sum(-1, keepdims=True) - ref).max()))
-    count = sum(x.shape[0] for x in stacks)
-    print(f"{name}: {count} matrices in {len(stacks)} shapes on {jax.devices()[0].device_kind}")
-    print(f"  weibull-jax (Gram eigenvectors) {t_ours * 1e3:8.2f} ms   max |ΔSD| vs float64 {errors['gram_eigenvectors']:.2e}")
-    print(f"  jnp.linalg.svd                  {t_svd * 1e3:8.2f} ms   max |ΔSD| vs float64 {errors['jnp_svd']:.2e}")
-    print(f"  speed-up {t_svd / t_ours:.1f}x")
+            error = max(error, float(np.abs(s / s.sum(-1, keepdims=True) - ref).max()))
+        print(f"  {method:20s} {seconds * 1e3:8.2f} ms   max |ΔSD| vs float64 {error:.2e}", flush=True)
+
+
+def variation_of_a_pair() -> None:
+    """SoSD's floor: the SD variation between two Student-t 512 × 512 matrices 1e-4 apart, by each method,
+    against float64."""
+    rng = np.random.default_rng(2)
+    a = rng.standard_t(2, size=(512, 512)) * 0.02
+    pair = np.stack([a, a + 1e-4 * 0.02 * rng.normal(size=a.shape)]).astype(np.float32)
+    ref = np.linalg.svd(pair.astype(np.float64), compute_uv=False)
+    ref /= ref.sum(-1, keepdims=True)
+    want = np.linalg.norm(ref[0] - ref[1])
+    print(f"SD variation of two Student-t matrices 1e-4 apart: float64 {want:.3e}")
+    for method, fn in METHODS.items():
+        try:
+            s = np.asarray(jax.jit(fn)(jnp.asarray(pair)), np.float64)
+        except NotImplementedError:
+            continue
+        sd = s / s.sum(-1, keepdims=True)
+        got = np.linalg.norm(sd[0] - sd[1])
+        print(f"  {method:20s} {got:.3e} ({got / want:.2f}x float64)", flush=True)
 
 
 def main() -> None:
@@ -67,14 +120,18 @@ def main() -> None:
     args = parser.parse_args()
     gaussian = np.random.default_rng(0).normal(size=(24, 512, 512)).astype(np.float32) * 0.02
     compare("24 x 512 x 512 Gaussian", [jnp.asarray(gaussian)], args.repeats)
+    heavy = np.random.default_rng(1).standard_t(2, size=(24, 512, 512)).astype(np.float32) * 0.02
+    compare("24 x 512 x 512 Student-t", [jnp.asarray(heavy)], args.repeats)
     if args.run_dir:
         series = snapshots.Series(os.path.join(args.run_dir, "snapshots"))
-        named, heads, label = series.params(len(series.steps) - 1), args.n_heads, f"{args.run_dir} step {series.steps[-1]}"
+        named, heads = series.params(len(series.steps) - 1), args.n_heads
+        label = f"{args.run_dir} step {series.steps[-1]}"
     else:
         params = models.init_params(models.preset("pythia-70m"), jax.random.key(0))
         named, heads, label = dict(zip(*tree.named_leaves(params)[:2])), 8, "fresh Pythia-70M"
     trunk = {n: np.asarray(w) for n, w in spectra.trunk_matrices(named, heads).items()}
     compare(f"trunk of {label}", _by_shape(trunk), args.repeats)
+    variation_of_a_pair()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,144 @@
+"""The series analysis against the disk: reading a checkpoint series versus ``dd`` reading the same files.
+
+  PYTHONPATH=. python tests/benchmarks/bench_series_io.py --format=suite --preset=pythia-1b --revisions=16 \
+      --dir=/tmp/suite
+  PYTHONPATH=. python tests/benchmarks/bench_series_io.py --format=snapshots --preset=pythia-70m \
+      --revisions=81 --dir=/tmp/series
+
+1. Writes a series of ``--revisions`` checkpoints of a ``--preset`` model with our own save paths: a model
+   suite of ``step{N}`` HuggingFace folders in float16 (``convert.save_hf_checkpoint``, what Pythia's
+   revisions are), or a training run's float32 snapshots (``snapshots.write``). Revision r is the initial
+   weights plus r times one random drift, so every matrix changes along the series.
+2. Evicts the files from the page cache (``posix_fadvise(DONTNEED)`` after a sync: no root needed) and times
+   ``dd`` reading all of them (1 MiB blocks): the disk's read bandwidth in this session.
+3. Evicts them again and times ``analysis.series.measure`` over the series (with and, ``--spectra``, without
+   the spectra of the trunk; without them at each ``--read_ahead`` depth and
+   ``--read_threads`` count), printing its progress line with the ETA and where its time went (compiling
+   counted from JAX's monitoring events: a fixed cost, not one per checkpoint).
+
+Prints the seconds of each and their ratio, the seconds per checkpoint (compiling, paid once, apart) and the
+extrapolation to ``--extrapolate`` checkpoints (Pythia's 154 revisions). Not collected by pytest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+
+from analysis import series  # noqa: E402
+from weibull_jax import convert, models, snapshots, suites  # noqa: E402
+
+
+def write_series(kind: str, preset: str, revisions: int, directory: str, every: int) -> None:
+    config = models.preset(preset)
+    base = models.init_params(config, jax.random.key(0))
+    drift = jax.tree.map(lambda w: 1e-3 * jax.random.normal(jax.random.key(1), w.shape, w.dtype), base)
+    if kind == "snapshots":
+        snapshots.write_layout(directory, snapshots.layout_of(base))
+    for r in range(revisions):
+        params = jax.tree.map(lambda w, d: w + r * d, base, drift)
+        if kind == "suite":
+            half = jax.device_get(jax.tree.map(lambda w: w.astype(jnp.float16), params))
+            convert.save_hf_checkpoint(os.path.join(directory, f"step{r * every}"), half, config, dtype="float16")
+        else:
+            snapshots.write(directory, r * every, np.asarray(snapshots.flatten(params)))
+
+
+def weight_files(directory: str) -> list[str]:
+    return sorted(glob.glob(os.path.join(directory, "**", "*.safetensors"), recursive=True)
+                  + glob.glob(os.path.join(directory, "*.npy")))
+
+
+def evict(paths: list[str]) -> None:
+    """Drops the files' pages from the page cache, so that the next read comes from the disk."""
+    os.sync()
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+
+
+def dd_seconds(paths: list[str]) -> float:
+    evict(paths)
+    start = time.perf_counter()
+    for path in paths:
+        subprocess.run(["dd", f"if={path}", "of=/dev/null", "bs=1M"], check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+COMPILING: list[float] = []
+
+
+def _count_compilation(event: str, duration: float, **_) -> None:
+    if event.startswith("/jax/core/compile/"):
+        COMPILING.append(duration)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--format", choices=("suite", "snapshots"), default="suite")
+    parser.add_argument("--preset", default="pythia-1b")
+    parser.add_argument("--revisions", type=int, default=16)
+    parser.add_argument("--every", type=int, default=1000, help="steps between revisions")
+    parser.add_argument("--dir", required=True, help="where the series is written (and left)")
+    parser.add_argument("--spectra", choices=("with", "without", "both"), default="both")
+    parser.add_argument("--extrapolate", type=int, default=154)
+    parser.add_argument("--read_ahead", default="2", help="comma list: slabs in flight (series.READ_AHEAD)")
+    parser.add_argument("--read_threads", default="8", help="comma list: files read at once per slab")
+    args = parser.parse_args()
+    logging.set_verbosity(logging.INFO)
+    start = time.perf_counter()
+    if not weight_files(args.dir):
+        write_series(args.format, args.preset, args.revisions, args.dir, args.every)
+    written = time.perf_counter() - start
+    paths = weight_files(args.dir)
+    size = sum(os.path.getsize(p) for p in paths)
+    opened = suites.Suite(args.dir) if args.format == "suite" else snapshots.Series(args.dir)
+    t = len(opened.steps)
+    n_heads = models.preset(args.preset).n_heads
+    print(f"{jax.devices()[0].device_kind}: {args.format} of {t} x {args.preset}, {size / 1e9:.1f} GB "
+          f"(written in {written:.0f} s)", flush=True)
+    dd = dd_seconds(paths)
+    print(f"dd, cold: {dd:.1f} s = {size / dd / 1e9:.2f} GB/s, {dd / t:.2f} s per checkpoint", flush=True)
+    results = {"device": jax.devices()[0].device_kind, "format": args.format, "preset": args.preset,
+               "checkpoints": t, "bytes": size, "dd_s": dd}
+    jax.monitoring.register_event_duration_secs_listener(_count_compilation)
+    depths = [int(d) for d in args.read_ahead.split(",")]
+    threads = [int(d) for d in args.read_threads.split(",")]
+    variants = [("with", depths[0], threads[0])] if args.spectra != "without" else []
+    variants += [("without", d, n) for d in depths for n in threads] if args.spectra != "with" else []
+    for spectra, depth, n in variants:
+        series.READ_AHEAD, snapshots.READ_THREADS = depth, n
+        evict(paths)
+        COMPILING.clear()
+        begin = time.perf_counter()
+        data = series.measure(opened, n_heads if spectra == "with" else None)
+        took, compiling = time.perf_counter() - begin, sum(COMPILING)
+        key = f"{spectra}_spectra_read_ahead_{depth}_threads_{n}"
+        results[f"measure_{key}_s"] = took
+        results[f"seconds_{key}"] = {**data.seconds, "compiling (inside the above)": compiling}
+        per = (took - compiling) / t  # compiling is paid once, whatever the series' length
+        print(f"measure, {spectra} spectra, {depth} slabs read ahead, {n} threads each, cold: {took:.1f} s, "
+              f"{took / dd:.2f}x dd; {per:.2f} s per checkpoint + {compiling:.0f} s compiling once; "
+              f"{args.extrapolate} checkpoints: {(per * args.extrapolate + compiling) / 60:.1f} min "
+              f"(dd {dd / t * args.extrapolate / 60:.1f} min)", flush=True)
+        print("  where the time went: " + ", ".join(f"{k} {v:.1f} s" for k, v in results[f"seconds_{key}"].items()),
+              flush=True)
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
