@@ -154,7 +154,8 @@ def gradient_probes(run_dir: str, series: snapshots.Series, measured: series_lib
     grad_fn = jax.jit(jax.grad(lambda p, b, s: loss(p, b, s)[0]))
     other_seed = config.seed + 7919  # minibatches in another order than training's
     batches = iter(data.training_batches(corpus.tokens, config.data.seq_len, config.batch_size, other_seed, task,
-                                         probe_config.rate if task else 0.0))
+                                         probe_config.rate if task else 0.0,
+                                         sampling=config.data.get("sampling", "epochs")))
     block_columns = trunk_blocks(measured.names)
     blocks = {b: [measured.names[m] for m in cols] for b, cols in block_columns.items()}
     directions = {}

@@ -21,10 +21,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.model = model("pythia-14m", d_model=128, n_layers=4, n_heads=4, d_ff=512, vocab_size=4096,
                          max_seq_len=512)
     config.data = ml_collections.ConfigDict(dict(
-        corpus="default",  # a folder, glob or comma list of .txt/.jsonl/.parquet files; see weibull_jax.data
+        corpus="default",  # a name (default, docs-large, kernel-docs), folder, glob or comma list; weibull_jax.data
         tokenizer="",  # a tokenizer.json (e.g. GPT-NeoX's); empty: a byte-level BPE trained on the corpus
         vocab_size=4096,  # size of that BPE
         seq_len=128,
+        sampling="epochs",  # epochs of shuffled non-overlapping chunks; random_offsets: the public code's draws
         cache_dir="~/.cache/weibull_jax",
     ))
     config.optimizer = ml_collections.ConfigDict(dict(

@@ -210,6 +210,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                          f"[0, config.steps = {config.steps})")
     if config.optimizer.weight_decay < 0:
         raise ValueError(f"config.optimizer.weight_decay must be >= 0, got {config.optimizer.weight_decay}")
+    if config.data.sampling not in data.SAMPLINGS:
+        raise ValueError(f"config.data.sampling must be one of {data.SAMPLINGS}, got {config.data.sampling!r}")
     if config.data.seq_len > config.model.max_seq_len:
         raise ValueError(f"config.data.seq_len ({config.data.seq_len}) exceeds config.model.max_seq_len "
                          f"({config.model.max_seq_len})")
@@ -293,7 +295,8 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
                          f"is {model_config.vocab_size}: raise config.model.vocab_size (the probe adds its made-up "
                          "codewords to the tokenizer) or shrink the tokenizer")
     batches = data.training_batches(corpus.tokens, config.data.seq_len, config.batch_size, config.seed, corpus.task,
-                                    config.probe.rate, jax.process_count(), jax.process_index())
+                                    config.probe.rate, jax.process_count(), jax.process_index(),
+                                    config.data.sampling)
     optimizer, schedule, adam, leaf_lr = optimizer_of(config)
     params = initial_params(config, model_config)
     shardings = state_shardings(model_config, optimizer, mesh, tuple(map(tuple, config.mesh.rules)))

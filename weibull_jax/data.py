@@ -7,12 +7,15 @@ there; the cache key is the files' names, sizes and modification times and the t
 
 The tokenizer is the user's ``tokenizer.json`` (e.g. GPT-NeoX's) or a byte-level BPE that ``tokenizers``
 trains on the corpus and caches. Training batches are non-overlapping contiguous chunks of ``seq_len``
-tokens (the paper's protocol), shuffled by seed, epoch after epoch; the grain iterator's state goes into
+tokens (the paper's protocol), shuffled by seed, epoch after epoch, or (``sampling="random_offsets"``)
+windows at random offsets as the authors' public code draws them; the grain iterator's state goes into
 every checkpoint.
 
 The default corpus is the reStructuredText source of the Python 3.11 documentation as Debian ships it
-(package ``python3.11-doc``: 512 files, 11 MB of English prose and examples; PSF license), so that the
-default run needs nothing from the network beyond a package registry.
+(package ``python3.11-doc``: 497 files, 11 MB of English prose and examples; PSF license), so that the
+default run needs nothing from the network beyond a package registry. ``docs-large`` adds the Linux
+kernel's documentation (package ``linux-doc-6.1``: 3,183 files, 24 MB; GPL-2.0), ``kernel-docs`` is that
+alone (``NAMED_CORPORA``).
 """
 
 from __future__ import annotations
@@ -27,24 +30,42 @@ from typing import Any, Iterator, NamedTuple
 import grain
 import jax
 import numpy as np
+from absl import logging
 
 from weibull_jax import probe
 from weibull_jax import sharding as sharding_lib
 
 DEFAULT_CORPUS = "/usr/share/doc/python3.11/html/_sources"
 DEFAULT_CORPUS_PACKAGE = "python3.11-doc"
+KERNEL_DOCS = "/usr/share/doc/linux-doc-6.1/html/_sources"
+# Corpora by name: (folder, the Debian package that installs it) of each part. docs-large (the Python and
+# the Linux kernel documentation's reST sources, 11 + 24 MB) is the size of the forces paper's small
+# wikitext-103 configuration (8 M tokens).
+NAMED_CORPORA = {
+    "default": ((DEFAULT_CORPUS, DEFAULT_CORPUS_PACKAGE),),
+    "python-docs": ((DEFAULT_CORPUS, DEFAULT_CORPUS_PACKAGE),),
+    "kernel-docs": ((KERNEL_DOCS, "linux-doc-6.1"),),
+    "docs-large": ((DEFAULT_CORPUS, DEFAULT_CORPUS_PACKAGE), (KERNEL_DOCS, "linux-doc-6.1")),
+}
 _EOS = "<|endoftext|>"
 
 
+def _named(part: str) -> list[str]:
+    """The folders of a named corpus (``NAMED_CORPORA``), or ``[part]`` for anything else."""
+    if part not in NAMED_CORPORA:
+        return [part]
+    missing = [package for folder, package in NAMED_CORPORA[part] if not os.path.isdir(folder)]
+    if missing:
+        raise ValueError(f"the corpus {part!r} is missing: install it with `apt-get install {' '.join(missing)}` "
+                         "or give --config.data.corpus=DIR|GLOB|FILE")
+    return [folder for folder, _ in NAMED_CORPORA[part]]
+
+
 def corpus_files(spec: str) -> list[str]:
-    """The files of a corpus spec: ``"default"``, a folder (every file below it), a glob, or a comma list."""
-    if spec == "default":
-        if not os.path.isdir(DEFAULT_CORPUS):
-            raise ValueError(f"the default corpus {DEFAULT_CORPUS} is missing: install it with "
-                             f"`apt-get install {DEFAULT_CORPUS_PACKAGE}` or give --config.data.corpus")
-        spec = DEFAULT_CORPUS
+    """The files of a corpus spec: a name of ``NAMED_CORPORA`` (``default``, ``docs-large``, …), a folder
+    (every file below it), a glob, or a comma list of these."""
     files: list[str] = []
-    for part in spec.split(","):
+    for part in (folder for named in spec.split(",") for folder in _named(named.strip())):
         part = os.path.expanduser(part.strip())
         if os.path.isdir(part):
             found = [p for p in glob.glob(os.path.join(part, "**", "*"), recursive=True) if os.path.isfile(p)]
@@ -185,6 +206,7 @@ def prepare(data_config: Any, probe_config: Any = None) -> Corpus:
     tokens = tokenize_corpus(files, tokenizer, cache)
     if len(tokens) == 0:
         raise ValueError(f"the corpus {data_config.corpus!r} holds no tokens")
+    logging.info("corpus %s: %d files, %d tokens", data_config.corpus, len(files), len(tokens))
     task = None
     if probe_config is not None and probe_config.enabled:
         task = probe.make_task(tokenizer, probe_config.codewords, probe_config.seed)
@@ -207,10 +229,28 @@ class ChunkSource(grain.sources.RandomAccessDataSource):
         return np.asarray(self._tokens[start:start + self._seq_len], np.int32)
 
 
+SAMPLINGS = ("epochs", "random_offsets")
+
+
+def random_windows(tokens: np.ndarray, seq_len: int, seed: int) -> grain.MapDataset:
+    """Endless windows tokens[o : o + seq_len] at offsets o drawn uniformly from 0 … N − seq_len, with
+    replacement (the sampling of the forces paper's public code and of nanoGPT: windows overlap, and an
+    epoch is not defined). Draw i is a function of (seed, i) alone, so a restored iterator repeats it."""
+    last = len(tokens) - seq_len
+    offsets_seed = int(np.random.SeedSequence([seed, 1]).generate_state(1)[0])  # apart from the probe's draws
+
+    def window(_, rng: np.random.Generator) -> np.ndarray:
+        start = int(rng.integers(0, last + 1))
+        return np.asarray(tokens[start:start + seq_len], np.int32)
+
+    return grain.MapDataset.range(len(tokens) // seq_len).repeat(None).random_map(window, seed=offsets_seed)
+
+
 def training_batches(tokens: np.ndarray, seq_len: int, batch_size: int, seed: int,
                      task: probe.ProbeTask | None = None, probe_rate: float = 0.1,
-                     processes: int = 1, process_index: int = 0) -> grain.IterDataset:
-    """Endless (batch_size, seq_len) int32 batches: every epoch a new permutation of the chunks (by seed).
+                     processes: int = 1, process_index: int = 0, sampling: str = "epochs") -> grain.IterDataset:
+    """Endless (batch_size, seq_len) int32 batches: every epoch a new permutation of the non-overlapping
+    chunks (by seed), or with ``sampling="random_offsets"`` windows at random offsets (:func:`random_windows`).
 
     With a probe ``task``, each chunk becomes a probe sequence with probability ``probe_rate`` (a seeded draw
     per chunk position, so a restored iterator repeats it) and the batches are ``{"tokens", "probe_mask"}``.
@@ -226,7 +266,15 @@ def training_batches(tokens: np.ndarray, seq_len: int, batch_size: int, seed: in
                          f"one batch of {batch_size}")
     if batch_size % processes:
         raise ValueError(f"the batch of {batch_size} rows does not split over {processes} processes")
-    dataset = grain.MapDataset.source(source).repeat(None).shuffle(seed=seed)
+    if sampling == "epochs":
+        # shuffle, then repeat: each epoch a new permutation (repeat reseeds). Shuffling the repeated dataset
+        # instead permutes one endless index range, which draws chunks as if with replacement (397 distinct
+        # chunks in an epoch's worth of 624 out of 625): what runs before this change trained on
+        dataset = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None)
+    elif sampling == "random_offsets":
+        dataset = random_windows(tokens, seq_len, seed)
+    else:
+        raise ValueError(f"config.data.sampling must be one of {SAMPLINGS}, got {sampling!r}")
     if task is not None:
         dataset = dataset.random_map(lambda chunk, rng: probe.inject(task, chunk, rng, probe_rate), seed=seed)
     blocks = dataset.batch(batch_size // processes, drop_remainder=True)  # block j: rows of batch j // P
