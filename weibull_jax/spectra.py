@@ -29,6 +29,7 @@ neither norms nor cosines).
 from __future__ import annotations
 
 import contextlib
+import importlib
 from typing import Any
 
 import jax
@@ -39,6 +40,9 @@ from weibull_jax import taxonomy
 from weibull_jax import tree as tree_lib
 
 ATTENTION_KINDS = ("q", "k", "v", "o")
+# float64 for the span of a ``with`` (jax.enable_x64; before jax 0.7 it lived in jax.experimental)
+_enable_x64 = (jax.enable_x64 if hasattr(jax, "enable_x64")
+               else importlib.import_module("jax.experimental.x64_context").enable_x64)
 
 
 @jax.jit
@@ -58,7 +62,7 @@ def _spectrum(w: jax.Array, normalise: bool) -> jax.Array:
     if jax.default_backend() == "tpu":
         dtype, precision = jnp.float32, contextlib.nullcontext()
     else:
-        dtype, precision = jnp.float64, jax.enable_x64(True)
+        dtype, precision = jnp.float64, _enable_x64(True)
     with precision:
         s = _gram_singular_values(w.astype(dtype))
         return (s / jnp.sum(s, axis=-1, keepdims=True) if normalise else s).astype(jnp.float32)
