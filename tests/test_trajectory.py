@@ -176,5 +176,5 @@ def test_the_public_codes_two_point_form_and_pointwise_median(adamw_run):
     assert not np.allclose(estimate, trajectory.alignment_estimate(_exact_gram(slab[knots]), knots, lr, wd,
                                                                    "two_point")[1], rtol=1e-3)
     at, ratios = trajectory.pointwise_ratios(steps, estimate, truth, 10)
-    assert list(at) == list(range(0, knots[-1], 10))
+    assert truth[0] == 0 and list(at) == list(range(10, knots[-1], 10))  # η_0 = 0: no step, no ratio
     np.testing.assert_allclose(ratios, [reference[t] / truth[t] for t in at], rtol=1e-9)
