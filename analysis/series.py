@@ -494,17 +494,16 @@ def section(data: Measured, figs: str, config: ml_collections.ConfigDict | None 
         out.tables["recovery_intervals"] = sections.table(intervals)
         out.tables["recovery_points"] = sections.table(points)
         numbers["recovery"] = rows
-        for method, label, key in (("spline", "spline", "spline_recovery"),
-                                   ("two_point_mean_lr", "two-point (the public code's form)", "two_point_recovery")):
-            rates = [f"{r['median_pointwise_rate']:.3f} (Δ = {r['spacing']})" for r in rows
-                     if r["method"] == method and "rate" in r]
+        pointwise, sums = "median over steps of estimate/true", "ratio of sums over the knots' window"
+        for method, label, field, estimand, key in (
+                ("spline", "spline", "median_pointwise_rate", pointwise, "spline_recovery"),
+                ("two_point_mean_lr", "two-point (the public code's form)", "median_pointwise_rate", pointwise,
+                 "two_point_recovery"),
+                ("spline", "spline", "rate", sums, "recovery_interval_sums"),
+                ("two_point", "two-point", "rate", sums, "recovery_interval_sums")):
+            rates = [f"{r[field]:.3f} (Δ = {r['spacing']})" for r in rows if r["method"] == method and "rate" in r]
             if rates:
-                out.compare(f"{label} recovery, median over steps of estimate/true", ", ".join(rates), key)
-        for method in ("spline", "two_point"):
-            rates = [f"{r['rate']:.3f} (Δ = {r['spacing']})" for r in rows if r["method"] == method and "rate" in r]
-            if rates:
-                out.compare(f"{method.replace('_', '-')} recovery, ratio of sums over the knots' window",
-                            ", ".join(rates), "recovery_interval_sums")
+                out.compare(f"{label} recovery, {estimand}", ", ".join(rates), key)
         if rows and recorded is not None:
             out.figures.append(figures.recovery_scatter(intervals, figs))
             out.figures.append(figures.recovery_points(points, figs))

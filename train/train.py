@@ -236,8 +236,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     models.config_from_fields(config.model.to_dict())  # the model's own checks (shapes, dtype, init)
     m = config.mesh
     shards = sharding.mesh_shape(m.data, m.fsdp, m.tensor, jax.device_count())
-    unknown = {axis for _, target in m.rules for axis in ((target,) if isinstance(target, str) else target or ())
-               if axis not in sharding.AXES}
+    unknown = {axis for _, target in m.rules for axis in sharding.mesh_axes(target) if axis not in sharding.AXES}
     if unknown:
         raise ValueError(f"config.mesh.rules name mesh axes {sorted(unknown)}; known: {sharding.AXES}")
     if config.batch_size % (shards[0] * shards[1]) or config.batch_size % jax.process_count():

@@ -65,9 +65,13 @@ def mesh_of(mesh_config: Any) -> Mesh:
     return make_mesh(mesh_config.data, mesh_config.fsdp, mesh_config.tensor)
 
 
+def mesh_axes(target: Any) -> tuple[str, ...]:
+    """The mesh axes a rule's target or a spec entry names: one name, several, or None (none)."""
+    return (target,) if isinstance(target, str) else tuple(target or ())
+
+
 def _size(mesh: Mesh, axes: Any) -> int:
-    axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
-    return int(np.prod([mesh.shape[a] for a in axes]))
+    return int(np.prod([mesh.shape[a] for a in mesh_axes(axes)]))
 
 
 def param_spec(shape: tuple[int, ...], logical: Sequence[str | None] | None, mesh: Mesh,
@@ -82,7 +86,7 @@ def param_spec(shape: tuple[int, ...], logical: Sequence[str | None] | None, mes
         if target is not None and _size(mesh, target) > 1 and shape[i] % _size(mesh, target) == 0:
             spec[i] = target
     fsdp = mesh.shape["fsdp"]
-    used = {a for s in spec if s is not None for a in ((s,) if isinstance(s, str) else s)}
+    used = {a for s in spec for a in mesh_axes(s)}
     if fsdp > 1 and "fsdp" not in used:
         free = [i for i in range(len(shape)) if spec[i] is None and shape[i] % fsdp == 0]
         if free:

@@ -47,11 +47,15 @@ class Layout(NamedTuple):
         return self.offsets[i], self.shapes[i]
 
 
-def layout_of(params: Any) -> Layout:
-    names, leaves, _, _ = tree_lib.named_leaves(params, lambda path, leaf: True)
-    shapes = [tuple(np.shape(x)) for x in leaves]
+def packed_layout(names: list[str], shapes: list[tuple[int, ...]]) -> Layout:
+    """The leaves one after another, in the given order."""
     offsets = np.concatenate([[0], np.cumsum([math.prod(s) for s in shapes])[:-1]]).astype(int).tolist()
     return Layout(names, shapes, offsets)
+
+
+def layout_of(params: Any) -> Layout:
+    names, leaves, _, _ = tree_lib.named_leaves(params, lambda path, leaf: True)
+    return packed_layout(names, [tuple(np.shape(x)) for x in leaves])
 
 
 @jax.jit
@@ -108,7 +112,11 @@ READ_THREADS = 8  # reads of one slab in flight at once (one file each)
 
 
 def read_rows(copy, rows: int) -> None:
-    """``copy(row)`` for every row, ``READ_THREADS`` at a time (reads of several files in flight at once)."""
+    """``copy(row)`` for every row, ``READ_THREADS`` at a time (reads of several files in flight at once); one
+    row (a leaf of one step) is read in the calling thread."""
+    if rows == 1:
+        copy(0)
+        return
     with concurrent.futures.ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
         list(pool.map(copy, range(rows)))
 

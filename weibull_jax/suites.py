@@ -159,9 +159,7 @@ class Suite(snapshots.WeightSeries):
             except ValueError as e:
                 raise ValueError(f"{folder}: {e}") from None
             self._stored.append({n: tensors[source[t.hf]] for n, t in self._maps.items()})
-        shapes = [self._model_shape(n) for n in names]
-        offsets = np.concatenate([[0], np.cumsum([math.prod(s) for s in shapes])[:-1]]).astype(int).tolist()
-        self.layout = snapshots.Layout(names, shapes, offsets)
+        self.layout = snapshots.packed_layout(names, [self._model_shape(n) for n in names])
 
     def _model_shape(self, name: str) -> tuple[int, ...]:
         shape = self._stored[0][name].shape
