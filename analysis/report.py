@@ -185,7 +185,8 @@ def summary_lines(name: str, report: dict) -> list[str]:
         if "rate" in r:
             lines.append(f"  recovery Δ={r['spacing']:<5} {r['method']:<10} {r['rate']:.3f} "
                          f"(median per interval {r['median_interval_rate']:.3f}, median over {r['points']} "
-                         f"steps {r['median_pointwise_rate']:.3f})")
+                         f"steps {r['median_pointwise_rate']:.3f}, with the public code's truth "
+                         f"{r['median_pointwise_rate_post_update']:.3f})")
     for source in ("live", "snapshots"):
         for group, v in report.get(f"sosd_{source}", {}).items():
             lines.append(f"  SD variation ({source}, Δ={v['interval']}) {group:<9}: peak {v['peak']:.3e} at step "

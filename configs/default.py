@@ -23,7 +23,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.data = ml_collections.ConfigDict(dict(
         corpus="default",  # a name (default, docs-large, kernel-docs), folder, glob or comma list; weibull_jax.data
         tokenizer="",  # a tokenizer.json (e.g. GPT-NeoX's); empty: a byte-level BPE trained on the corpus
+        tokenizer_corpus="",  # the corpus that BPE is trained on, if not this one (a corpus spec as above)
         vocab_size=4096,  # size of that BPE
+        shuffle_tokens=False,  # the token stream in one fixed random order (the data-coherence control)
         seq_len=128,
         sampling="epochs",  # epochs of shuffled non-overlapping chunks; random_offsets: the public code's draws
         cache_dir="~/.cache/weibull_jax",

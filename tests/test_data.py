@@ -76,3 +76,28 @@ def test_named_corpora_resolve_to_their_folders_or_name_the_package(tmp_path, mo
                                          "linux-doc-6.1`"):
         data.corpus_files("kernel-docs")
     assert data.corpus_files("default") == data.corpus_files(data.DEFAULT_CORPUS)
+
+
+def test_a_bpe_trained_on_another_corpus_and_the_shuffled_control(tmp_path):
+    """``tokenizer_corpus``: the corpus' text encoded by the BPE of another corpus (HF tokenizers' own encoding
+    of the documents is the reference); ``shuffle_tokens``: the same tokens, each as often, in another order,
+    the same order in every call."""
+    from ml_collections import ConfigDict
+
+    for name, text in (("a", "the cat sat on the mat\n" * 50), ("b", "a dog ran in the fog, the dog ran\n" * 50)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "doc.txt").write_text(text)
+
+    def corpus(**changes):
+        fields = dict(corpus=str(tmp_path / "a"), tokenizer="", tokenizer_corpus="", vocab_size=300,
+                      shuffle_tokens=False, cache_dir=str(tmp_path / "cache"))
+        return data.prepare(ConfigDict({**fields, **changes}))
+
+    own, borrowed = corpus(), corpus(tokenizer_corpus=str(tmp_path / "b"))
+    b_bpe = corpus(corpus=str(tmp_path / "b")).tokenizer
+    assert borrowed.tokenizer.to_str() == b_bpe.to_str() != own.tokenizer.to_str()
+    expected = b_bpe.encode((tmp_path / "a" / "doc.txt").read_text()).ids + [b_bpe.token_to_id("<|endoftext|>")]
+    assert list(borrowed.tokens) == expected
+    shuffled = corpus(shuffle_tokens=True).tokens
+    assert sorted(shuffled) == sorted(own.tokens) and list(shuffled) != list(own.tokens)
+    assert list(corpus(shuffle_tokens=True).tokens) == list(shuffled)

@@ -68,6 +68,10 @@ def test_adamw_forces_match_numpy_adamw_and_close_the_budget():
             rounding = 1e-6 * (np.sum(w * w, axis=axes) + after)
             assert np.all(np.abs(np.asarray(f[k].total()) - change) <= rounding), (t, k)
             assert np.all(np.abs(np.asarray(f[k].total()) - change) <= 1e-3 * scale), (t, k)
+            # the public code's truth, −2η⟨w_{t+1}, u_t⟩ at the weights after the step: alignment + cross +
+            # 2 injection, each within 1e-6 · scale (checked above), so the sum within 4e-6 · scale
+            post = -2 * lr * np.sum((w - lr * (u + wd * w)) * u, axis=axes)
+            assert np.all(np.abs(np.asarray(f[k].post_update_alignment()) - post) <= 4e-6 * scale), (t, k)
         params = new_params
     assert f["w_out"].alignment.shape == (2,)  # one budget per matrix of the stack
     assert float(jnp.abs(f["bias"].decay)) == 0.0

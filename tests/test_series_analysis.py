@@ -80,6 +80,24 @@ def test_report_of_a_run(run_dir, report_dir):
     assert {r["points"] for r in report["recovery"]} == {59}
     assert abs(pointwise[(5, "spline")]["median_pointwise_rate"] - 1) < 0.02
     assert pointwise[(20, "two_point_mean_lr")]["median_pointwise_rate"] < 0.5
+    # the public code's truth at t, the alignment term at the weights after the step t−1 → t, is that step's
+    # alignment + cross + 2 injection (read here from the forces files themselves); it is the larger by the
+    # injection, so the spline's median ratio against it is the smaller
+    files = sorted(os.listdir(os.path.join(run_dir, "forces")))
+    recorded = [np.load(os.path.join(run_dir, "forces", n)) for n in files]
+    names = list(recorded[0]["names"])
+    transmission = [i for i, n in enumerate(names) if n.endswith(("attention.o.kernel", "ffn_in.kernel",
+                                                                  "ffn_out.kernel"))]
+    terms = np.concatenate([f["forces"] for f in recorded]).astype(np.float64)[:, transmission].sum(1)  # i → i + 1
+    post = terms[:, 0] + terms[:, 3] + 2 * terms[:, 1]
+    with open(report_dir / "tables" / "recovery_points.csv") as f:
+        header = f.readline().strip().split(",")
+        points = [dict(zip(header, line.strip().split(","))) for line in f]
+    assert len(transmission) == 6 and len(points) == 9 * 59
+    for p in points:
+        assert abs(float(p["true_post_update"]) - post[int(p["step"]) - 1]) <= 1e-12 * np.abs(post).max(), p
+    spline = pointwise[(5, "spline")]
+    assert spline["median_pointwise_rate_post_update"] < spline["median_pointwise_rate"]
     # integration at Δ = 1 adds only the dropped higher-order terms: the logRMSE is the bridge error alone
     loop = report["closed_loop"][0]
     assert loop["spacing"] == 1 and loop["integration_error"] < 1e-4

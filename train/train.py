@@ -230,6 +230,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     if config.keep_checkpoints < 0 or config.seed < 0:
         raise ValueError(f"config.keep_checkpoints and config.seed must be >= 0, got {config.keep_checkpoints}, "
                          f"{config.seed}")
+    if config.data.tokenizer and config.data.tokenizer_corpus:
+        raise ValueError("give config.data.tokenizer (a tokenizer.json) or config.data.tokenizer_corpus (the corpus "
+                         "a BPE is trained on), not both")
     if not config.data.tokenizer and config.data.vocab_size < 258:
         raise ValueError(f"config.data.vocab_size ({config.data.vocab_size}) must be at least 258 for the trained "
                          "byte-level BPE (256 bytes, the end-of-text token and one merge)")

@@ -197,16 +197,33 @@ class Corpus(NamedTuple):
     task: probe.ProbeTask | None
 
 
+SHUFFLE_SEED = 0  # one permutation for every run and host: the shuffled control is one corpus
+
+
+def shuffled_tokens(tokens: np.ndarray) -> np.ndarray:
+    """The token stream in a fixed random order: the control of the data-coherence axis (forces paper §7).
+    Every token's frequency is kept; every dependence between tokens, and so every structure a model could
+    learn beyond the unigram distribution, is destroyed."""
+    return np.random.default_rng(SHUFFLE_SEED).permutation(np.asarray(tokens))
+
+
 def prepare(data_config: Any, probe_config: Any = None) -> Corpus:
-    """The corpus of a run's ``config.data`` (corpus, tokenizer, vocab_size, cache_dir) and, where
-    ``config.probe.enabled``, its probe task (``codewords``, ``seed``): what training and the analyses share."""
+    """The corpus of a run's ``config.data`` (corpus, tokenizer, vocab_size, cache_dir; ``tokenizer_corpus``:
+    the corpus the BPE is trained on, if not this one; ``shuffle_tokens``: :func:`shuffled_tokens`) and,
+    where ``config.probe.enabled``, its probe task (``codewords``, ``seed``): what training and the analyses
+    share."""
     files = corpus_files(data_config.corpus)
     cache = os.path.expanduser(data_config.cache_dir)
-    tokenizer = load_tokenizer(data_config.tokenizer, files, data_config.vocab_size, cache)
+    bpe_corpus = data_config.get("tokenizer_corpus", "")
+    tokenizer = load_tokenizer(data_config.tokenizer, corpus_files(bpe_corpus) if bpe_corpus else files,
+                               data_config.vocab_size, cache)
     tokens = tokenize_corpus(files, tokenizer, cache)
     if len(tokens) == 0:
         raise ValueError(f"the corpus {data_config.corpus!r} holds no tokens")
-    logging.info("corpus %s: %d files, %d tokens", data_config.corpus, len(files), len(tokens))
+    if data_config.get("shuffle_tokens", False):
+        tokens = shuffled_tokens(tokens)
+    logging.info("corpus %s: %d files, %d tokens%s", data_config.corpus, len(files), len(tokens),
+                 ", in a random order" if data_config.get("shuffle_tokens", False) else "")
     task = None
     if probe_config is not None and probe_config.enabled:
         task = probe.make_task(tokenizer, probe_config.codewords, probe_config.seed)

@@ -53,6 +53,14 @@ class Forces(NamedTuple):
         """The paper's leading-order change: alignment + injection + decay."""
         return self.alignment + self.injection + self.decay
 
+    def post_update_alignment(self) -> jax.Array:
+        r"""The alignment term at the weights *after* the step, :math:`-2\eta\langle w_{t+1}, u_t\rangle`:
+        what the forces paper's public code records as the true alignment (it reads the weights after
+        ``optimizer.step()`` with the moments that made that step). From :math:`w_{t+1} = (1-\eta\lambda_{wd})
+        w_t - \eta u_t` it is exactly alignment + cross + 2 · injection: it exceeds the alignment at the weights
+        the step started from by twice the step's injection."""
+        return self.alignment + self.cross + 2.0 * self.injection
+
 
 def _matrix_sum(x: jax.Array) -> jax.Array:
     """Sum over each matrix: the last two axes (all axes of a vector or scalar); leading axes are a stack."""

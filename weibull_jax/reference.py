@@ -83,6 +83,8 @@ PAPER_HEADLINES: dict[str, tuple[str, str]] = {
     "alignment_share_rise": ("88–94 %", "forces §4.1, Transmission, steps ≤ 5000"),
     "injection_share_rise": ("~4 %", "forces §4.1"),
     "decay_share_end": ("48.6 % at step 20000", "forces §4.1, Table 2"),
+    "alignment_share_table": ("93.1 / 93.1 / 92.1 / 88.7 / 78.9 / 49.9 % at steps 250 / 1250 / 2500 / 5000 / 10000 / "
+                              "20000", "forces §4.1, the table"),
     "k_lock": ("1.200 (Pythia), 1.203 (Llama)", "forces §4.3"),
     "lambda_peak": ("0.076 (8 M tokens), 0.069 (118 M tokens)", "forces §4.2"),
     "closed_loop_log_rmse": ("0.053 (Pythia), 0.056 (Llama)", "forces §5.1, Δ = 1"),
