@@ -10,6 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from analysis import sections  # noqa: E402
+
 from weibull_jax import reference  # noqa: E402
 
 TERM_COLORS = {"alignment": "tab:blue", "injection": "tab:orange", "decay": "tab:green"}
@@ -56,6 +58,25 @@ def alignment_share_runs(curves: dict[str, tuple[np.ndarray, np.ndarray]], out_d
     ax.set(xlabel="training step", ylabel="alignment share", ylim=(0, 1), title="Alignment share per run")
     ax.legend(fontsize=8)
     return _save(fig, out_dir, "alignment_share_runs.png")
+
+
+def lambda_runs(curves: dict[str, tuple[np.ndarray, np.ndarray]], runs: sections.Table,
+                out_dir: str) -> str:
+    """Transmission λ over time, one line per run, and each run's λ peak against its rise-phase alignment share
+    (the forces paper's §6.2 learning-rate and §7 data-coherence axes in one figure); ``runs``:
+    ``report.runs_table``."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
+    for name, (steps, scale) in curves.items():
+        left.plot(steps, scale, lw=1.2, label=name)
+    left.set(xlabel="training step", ylabel="λ (Transmission median)", title="Weibull scale per run")
+    left.legend(fontsize=7)
+    for row in runs.rows:
+        if "lambda_peak" in row and "rise_alignment" in row:
+            right.plot(row["rise_alignment"], row["lambda_peak"], "o")
+            right.annotate(row["run"], (row["rise_alignment"], row["lambda_peak"]), fontsize=7,
+                           xytext=(4, 2), textcoords="offset points")
+    right.set(xlabel="alignment share, steps 1–5000", ylabel="λ peak", title="λ peak against the alignment share")
+    return _save(fig, out_dir, "lambda_runs.png")
 
 
 def closed_loop(curve: dict, log_rmse: float, out_dir: str) -> str:

@@ -6,7 +6,9 @@ self-contained page), ``report.json`` (the headline numbers), ``tables/*.csv`` a
 (``analysis.report``). ``--hf_series=DIR`` analyses the weights of a model suite's
 ``step{N}`` revisions instead, read in place (a folder of checkpoint folders, or a hub cache
 ``models--ORG--NAME``: ``weibull_jax.suites``); the recovered alignment then needs the schedule:
-``--schedule_config=configs/….py``.
+``--schedule_config=configs/….py``. ``--compare_only`` makes only the comparison page of runs analysed one by one
+(``{out}/index.html``, ``{out}/tables/runs.csv``: the config fields they differ in, λ peak, k-lock, force
+shares, recovery, final loss).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ _SCHEDULE_CONFIG = config_flags.DEFINE_config_file(
     "schedule_config", None, "With --hf_series: a training config whose steps and optimizer (schedule, weight "
     "decay) the series was trained with.")
 _OUT = flags.DEFINE_string("out", "", "Report folder (default: {run_dir}/report, or reports/hf).")
+_COMPARE_ONLY = flags.DEFINE_bool("compare_only", False, "Only the comparison page of several --run_dir whose "
+                                  "reports are already in --out (each analysed where its snapshots were).")
 _SPACINGS = flags.DEFINE_list("closed_loop_spacings", ["1", "50", "250", "500"], "Δ of the closed loop.")
 _RECOVERY = flags.DEFINE_list("recovery_spacings", ["250", "500", "1000"], "Knot spacings of the recovery.")
 _RECOVERY_EVERY = flags.DEFINE_integer("recovery_every", 50, "The pointwise recovery's steps: every N-th recorded "
@@ -59,8 +63,11 @@ def main(argv):
                 raise ValueError(f"--{flag.name} takes positive integers, got {','.join(flag.value)}")
         if window and (len(window) != 2 or window[0] >= window[1]):
             raise ValueError(f"--backbone_window takes FIRST,LAST with FIRST < LAST, got {window}")
+        if _COMPARE_ONLY.value and len(_RUN_DIR.value) < 2:
+            raise ValueError("--compare_only compares several runs: give two or more --run_dir")
         report.run(_RUN_DIR.value, _HF_SERIES.value, _OUT.value, _SCHEDULE_CONFIG.value,
                    gradient_batches=_GRADIENT_BATCHES.value, gradient_every=_GRADIENT_EVERY.value,
+                   compare_only=_COMPARE_ONLY.value,
                    closed_loop_spacings=_integers(_SPACINGS), recovery_spacings=_integers(_RECOVERY),
                    recovery_every=_RECOVERY_EVERY.value,
                    table_steps=_integers(_TABLE_STEPS), backbone_window=window or None)

@@ -116,31 +116,93 @@ def analyze_hf_series(root: str, out: str, schedule_config: ml_collections.Confi
     return analyze(suite, out, schedule_config, None, n_heads=suite.config.n_heads, **options)
 
 
+def report_dir(run_dir: str, out_root: str) -> str:
+    """Where a run's report goes: ``{out_root}/{run name}``, or ``{run_dir}/report`` without ``out_root``."""
+    return os.path.join(out_root, os.path.basename(os.path.normpath(run_dir))) if out_root else \
+        os.path.join(run_dir, "report")
+
+
 def run(run_dirs: list[str], hf_series: str, out_root: str, schedule_config=None, gradient_batches: int = 0,
-        gradient_every: int = 1, **options) -> dict[str, dict]:
-    """The reports of ``run_dirs`` (each in ``{out_root}/{name}``, default ``{run_dir}/report``) or of a
-    HuggingFace series, and with several runs their comparison page in ``out_root``; prints each summary."""
+        gradient_every: int = 1, compare_only: bool = False, **options) -> dict[str, dict]:
+    """The reports of ``run_dirs`` (each in :func:`report_dir`) or of a HuggingFace series, and with several
+    runs their comparison page in ``out_root``; prints each summary. ``compare_only``: the runs' reports are
+    there already (each analysed on its own, e.g. where its snapshots were); only the comparison is made."""
     reports = {}
     if hf_series:
         out = out_root or os.path.join("reports", os.path.basename(os.path.normpath(hf_series)))
         reports[out] = analyze_hf_series(hf_series, out, schedule_config, **options)
     for run_dir in run_dirs:
-        out = os.path.join(out_root, os.path.basename(os.path.normpath(run_dir))) if out_root else \
-            os.path.join(run_dir, "report")
-        reports[run_dir] = analyze_run(run_dir, out, gradient_batches=gradient_batches,
-                                       gradient_every=gradient_every, **options)
+        out = report_dir(run_dir, out_root)
+        if compare_only:
+            reports[run_dir] = load_report(out)
+        else:
+            reports[run_dir] = analyze_run(run_dir, out, gradient_batches=gradient_batches,
+                                           gradient_every=gradient_every, **options)
     if len(run_dirs) > 1:
-        compare_runs(run_dirs, out_root or ".")
-    for name, report in reports.items():
-        print("\n".join(summary_lines(name, report)))
+        compare_runs(run_dirs, [report_dir(r, out_root) for r in run_dirs], [reports[r] for r in run_dirs],
+                     out_root or ".")
+    if not compare_only:
+        for name, report in reports.items():
+            print("\n".join(summary_lines(name, report)))
     logging.info("reports written")
     return reports
 
 
-def compare_runs(run_dirs: list[str], out: str) -> None:
-    """Cross-run figures (the Transmission alignment share, the SD variation of each run) and their page."""
-    shares, variation = {}, {}
-    for run_dir in run_dirs:
+def load_report(out: str) -> dict:
+    path = os.path.join(out, "report.json")
+    if not os.path.isfile(path):
+        raise ValueError(f"{out} holds no report.json: analyse the run first (python -m analysis.main "
+                         "--run_dir=RUN --out=OUT), then compare with --compare_only")
+    with open(path) as f:
+        return json.load(f)
+
+
+def _flat(config: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value if not isinstance(value, list) else tuple(value)
+    return out
+
+
+def runs_table(run_dirs: list[str], reports: list[dict]) -> sections.Table:
+    """One row per run: the config fields in which the runs differ, then the force paper's headline numbers
+    (λ peak and its step, the floor coefficient, the k-lock, the Transmission alignment share over the rise
+    phase and the decay share over the last 10 %, the spline's recovery, the final loss)."""
+    configs = [_flat(series.load_config(r).to_dict()) for r in run_dirs]
+    differing = sorted({k for c in configs for k in c if len({repr(c2.get(k)) for c2 in configs}) > 1})
+    rows = []
+    for run_dir, config, rep in zip(run_dirs, configs, reports):
+        row = {"run": os.path.basename(os.path.normpath(run_dir)), **{k: config.get(k) for k in differing}}
+        lam = rep.get("lambda_transmission", {})
+        row.update(lambda_peak=lam.get("peak_scale"), lambda_peak_step=lam.get("peak_step"),
+                   floor_coefficient=lam.get("floor_coefficient"),
+                   k_lock=rep.get("k_lock", {}).get("median_over_blocks_and_knots"))
+        windows = rep.get("force_shares", {}).get("windows", {})
+        rise = next((v for k, v in windows.items() if k.startswith("1-") and int(k[2:]) <= 5000), None)
+        rise = windows.get("1-5000", rise)
+        row.update(rise_alignment=rise["alignment"] if rise else None,
+                   end_decay=windows[list(windows)[-1]]["decay"] if windows else None)
+        spline = [r for r in rep.get("recovery", []) if r["method"] == "spline" and "rate" in r]
+        row["spline_recovery"] = spline[0].get("median_pointwise_rate_post_update") if spline else None
+        summary = os.path.join(run_dir, "summary.json")
+        if os.path.isfile(summary):
+            with open(summary) as f:
+                row["final_loss"] = json.load(f).get("loss")
+        rows.append(row)
+    columns = ["run", *differing, "lambda_peak", "lambda_peak_step", "floor_coefficient", "k_lock",
+               "rise_alignment", "end_decay", "spline_recovery", "final_loss"]
+    return sections.table([{c: r[c] for c in columns if r.get(c) is not None} for r in rows], columns)
+
+
+def compare_runs(run_dirs: list[str], report_dirs: list[str], reports: list[dict], out: str) -> None:
+    """The runs side by side (``{out}/index.html``, ``{out}/tables/runs.csv``): :func:`runs_table`; the
+    Transmission alignment share over time; λ over time and λ's peak against the rise-phase alignment share
+    (the learning-rate and data-coherence axes of the forces paper, §6.2 and §7); the SD variation."""
+    shares, variation, lam = {}, {}, {}
+    for run_dir, report_path in zip(run_dirs, report_dirs):
         name = os.path.basename(os.path.normpath(run_dir))
         if series.load_config(run_dir).get("record_forces"):
             recorded = series.load_forces(run_dir)
@@ -149,10 +211,19 @@ def compare_runs(run_dirs: list[str], out: str) -> None:
         live = sosd.live_spectra(run_dir)
         if live is not None:
             variation[name] = (live.steps[1:], sosd.variation(live).mean(1))
-    os.makedirs(out, exist_ok=True)
+        scale = os.path.join(report_path, "tables", "scale_by_class.csv")
+        if os.path.isfile(scale):
+            table = np.genfromtxt(scale, delimiter=",", names=True)
+            if "transmission" in table.dtype.names:
+                lam[name] = (table["step"], table["transmission"])
+    os.makedirs(os.path.join(out, "tables"), exist_ok=True)
     part = sections.Section("Runs side by side")
+    part.tables["runs"] = runs_table(run_dirs, reports)
+    part.tables["runs"].write_csv(os.path.join(out, "tables", "runs.csv"))
     if shares:
         part.figures.append(figures.alignment_share_runs(shares, out))
+    if lam:
+        part.figures.append(figures.lambda_runs(lam, part.tables["runs"], out))
     if variation:
         part.figures.append(figures.sd_variation_runs(variation, out))
     write_page(os.path.join(out, "index.html"), "weibull-jax: runs compared", [part],

@@ -104,6 +104,31 @@ def test_report_of_a_run(run_dir, report_dir):
     assert abs(loop["log_rmse"] - loop["bridge_error"]) < 1e-4
 
 
+def test_runs_compared_from_their_reports(run_dir, report_dir, tmp_path):
+    """``--compare_only``: the page of runs analysed one by one, read from their reports: the config fields they
+    differ in (here only the seed), each run's headline numbers as its own report has them, the figures."""
+    out, dirs = tmp_path / "out", []
+    for seed in (7, 8):
+        copy = tmp_path / f"run_seed{seed}"
+        shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("snapshots", "checkpoints"))
+        config = json.loads((copy / "config.json").read_text())
+        (copy / "config.json").write_text(json.dumps({**config, "seed": seed}))
+        shutil.copytree(report_dir, out / copy.name)
+        dirs.append(str(copy))
+    result = _analyse(f"--run_dir={','.join(dirs)}", f"--out={out}", "--compare_only")
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(out / "tables" / "runs.csv") as f:
+        header = f.readline().strip().split(",")
+        rows = [dict(zip(header, line.strip().split(","))) for line in f]
+    report = json.loads((report_dir / "report.json").read_text())
+    assert header[:3] == ["run", "seed", "lambda_peak"] and [r["seed"] for r in rows] == ["7", "8"]
+    assert float(rows[1]["lambda_peak"]) == report["lambda_transmission"]["peak_scale"]
+    assert float(rows[1]["k_lock"]) == report["k_lock"]["median_over_blocks_and_knots"]
+    assert {"alignment_share_runs.png", "lambda_runs.png", "index.html"} <= set(os.listdir(out))
+    result = _analyse(f"--run_dir={dirs[0]},{run_dir}", f"--out={tmp_path / 'none'}", "--compare_only")
+    assert result.returncode == 1 and "analyse the run first" in result.stderr
+
+
 def test_the_report_page_opens_in_a_headless_chromium(report_dir):
     """Debian's ``chromium`` (driven through ``chromium-driver``) opens ``index.html`` from the disk: every
     figure decodes to an image of its PNG's size, every table is there with its rows, the page fetched nothing
