@@ -252,6 +252,10 @@ def summary_lines(name: str, report: dict) -> list[str]:
     for r in report.get("closed_loop", []):
         lines.append(f"  closed loop Δ={r['spacing']:<4} bridge {r['bridge']:<14} logRMSE {r['log_rmse']:.4f} "
                      f"(bridge {r['bridge_error']:.4f}, integration {r['integration_error']:.4f})")
+    loops = [r for r in report.get("rms_closed_loop", []) if r["spacing"] == 1]
+    if loops:
+        lines.append("  closed loop in RMS units, Δ=1: " + ", ".join(f"{r['class']} logRMSE {r['rms_log_rmse']:.4f}"
+                                                                   for r in loops))
     for r in report.get("recovery", []):
         if "rate" in r:
             lines.append(f"  recovery Δ={r['spacing']:<5} {r['method']:<10} {r['rate']:.3f} "

@@ -228,12 +228,13 @@ def matrix_rows(data: Measured) -> list[dict]:
 
 
 def group_medians(data: Measured, by: str) -> dict[str, dict[str, np.ndarray]]:
-    """Per group (kind or class): the median over its matrices of k and λ at every knot."""
+    """Per group (kind or class): the median over its matrices of k, λ and the RMS at every knot."""
     groups: dict[str, list[int]] = {}
     for m, name in enumerate(data.names):
         groups.setdefault(forces.group_key(name, by), []).append(m)
-    return {g: {"k": np.median(data.k[:, cols], 1), "scale": np.median(data.scale[:, cols], 1)}
-            for g, cols in groups.items()}
+    rms = np.sqrt(data.sq_norm / data.sizes)
+    return {g: {"k": np.median(data.k[:, cols], 1), "scale": np.median(data.scale[:, cols], 1),
+                "rms": np.median(rms[:, cols], 1)} for g, cols in groups.items()}
 
 
 def per_block(data: Measured, values: np.ndarray) -> np.ndarray:
@@ -351,14 +352,9 @@ def closed_loop_table(data: Measured, recorded: Recorded, spacings=(1, 50, 250, 
     bridge error (true RMS → λ) and the integration error (integrated vs true RMS). Returns the rows and the
     Δ = 1 lock-bridge trajectory for the figure."""
     cols = data.select(TRANSMISSION)
-    leading = recorded.forces[:, recorded.columns([data.names[m] for m in cols]), :3].sum(-1)  # (S, C)
     lock_k = np.median(data.k[:, cols], 0)
     rows, curve = [], {}
-    for spacing in (s for s in spacings if s <= leading.shape[0]):
-        predicted = closed_loop.integrate_sq_norm(data.sq_norm[0, cols], leading, spacing)
-        on_grid = [(i, s // spacing) for i, s in enumerate(data.steps) if s % spacing == 0 and s // spacing
-                   < predicted.shape[0]]
-        knots, grid = map(np.asarray, zip(*on_grid))
+    for spacing, predicted, knots, grid in _integrated(data, recorded, cols, spacings):
         fitted = data.scale[knots][:, cols]
         true_sq = data.sq_norm[knots][:, cols]
         size = data.sizes[cols]
@@ -371,6 +367,31 @@ def closed_loop_table(data: Measured, recorded: Recorded, spacings=(1, 50, 250, 
             if spacing == 1 and bridge == "lock":
                 curve = {"steps": data.steps[knots], "predicted": np.median(pred, 1), "fitted": np.median(fitted, 1)}
     return rows, curve
+
+
+def _integrated(data: Measured, recorded: Recorded, cols: list[int], spacings):
+    """For each Δ: ‖w‖² of the ``cols`` matrices integrated from the knot at step 0 with their recorded
+    leading forces (``closed_loop.integrate_sq_norm``), and the knots on its grid (knot index, grid index)."""
+    leading = recorded.forces[:, recorded.columns([data.names[m] for m in cols]), :3].sum(-1)  # (S, C)
+    for spacing in (s for s in spacings if s <= leading.shape[0]):
+        predicted = closed_loop.integrate_sq_norm(data.sq_norm[0, cols], leading, spacing)
+        on_grid = [(i, s // spacing) for i, s in enumerate(data.steps) if s % spacing == 0 and s // spacing
+                   < predicted.shape[0]]
+        knots, grid = map(np.asarray, zip(*on_grid))
+        yield spacing, predicted, knots, grid
+
+
+def rms_closed_loop_table(data: Measured, recorded: Recorded, spacings=(1, 50, 250, 500)) -> list[dict]:
+    """The closed loop in RMS units for every class: logRMSE of the RMS its recorded leading forces integrate
+    to against the snapshots' RMS, over its matrices and the knots on each Δ grid. For the Selection class,
+    which has no k-lock to bridge to λ, this is the paper's check (App. C.2, Fig. 12: "RMS units")."""
+    rows = []
+    for cls in sorted({taxonomy.describe(n).cls for n in data.names}):
+        cols = data.select(cls)
+        for spacing, predicted, knots, grid in _integrated(data, recorded, cols, spacings):
+            rows.append({"class": cls, "spacing": spacing, "knots": len(knots), "rms_log_rmse": closed_loop.log_rmse(
+                np.sqrt(predicted[grid]), np.sqrt(data.sq_norm[knots][:, cols]))})
+    return rows
 
 
 def recovery_table(data: Measured, recorded: Recorded | None, lr: np.ndarray, weight_decay: float,
@@ -453,7 +474,7 @@ def section(data: Measured, figs: str, config: ml_collections.ConfigDict | None 
 
     out.tables["matrices"] = sections.table(matrix_rows(data))
     by_kind, by_class = group_medians(data, "kind"), group_medians(data, "class")
-    for key in ("scale", "k"):
+    for key in ("scale", "k", "rms"):
         out.tables[f"{key}_by_kind"] = _per_knot(steps, by_kind, key)
         out.tables[f"{key}_by_class"] = _per_knot(steps, by_class, key)
     lock = k_lock(data)
@@ -512,6 +533,8 @@ def section(data: Measured, figs: str, config: ml_collections.ConfigDict | None 
         loop_rows, curve = closed_loop_table(data, recorded, closed_loop_spacings)
         out.tables["closed_loop"] = sections.table(loop_rows)
         numbers["closed_loop"] = loop_rows
+        out.tables["rms_closed_loop"] = sections.table(rms_closed_loop_table(data, recorded, closed_loop_spacings))
+        numbers["rms_closed_loop"] = out.tables["rms_closed_loop"].rows
         if loop_rows:
             out.compare(f"closed loop logRMSE, Δ = {loop_rows[0]['spacing']} ({loop_rows[0]['bridge']} bridge)",
                     f"{loop_rows[0]['log_rmse']:.4f}", "closed_loop_log_rmse")

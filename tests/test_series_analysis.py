@@ -98,9 +98,12 @@ def test_report_of_a_run(run_dir, report_dir):
         assert abs(float(p["true_post_update"]) - post[int(p["step"]) - 1]) <= 1e-12 * np.abs(post).max(), p
     spline = pointwise[(5, "spline")]
     assert spline["median_pointwise_rate_post_update"] < spline["median_pointwise_rate"]
-    # integration at Δ = 1 adds only the dropped higher-order terms: the logRMSE is the bridge error alone
+    # integration at Δ = 1 adds only the dropped higher-order terms: the logRMSE is the bridge error alone;
+    # in RMS units every class's forces integrate to its snapshots' norms
     loop = report["closed_loop"][0]
     assert loop["spacing"] == 1 and loop["integration_error"] < 1e-4
+    rms_loops = {r["class"]: r["rms_log_rmse"] for r in report["rms_closed_loop"] if r["spacing"] == 1}
+    assert set(rms_loops) == {"transmission", "selection", "other"} and max(rms_loops.values()) < 1e-4
     assert abs(loop["log_rmse"] - loop["bridge_error"]) < 1e-4
 
 
