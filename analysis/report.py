@@ -23,7 +23,7 @@ import numpy as np
 from absl import logging
 
 from analysis import backbone, figures, sections, series, sosd
-from weibull_jax import snapshots, suites
+from weibull_jax import snapshots, suites, tree
 
 HTML_ROWS = 200  # rows of a table shown on the page; the CSV beside it has them all
 
@@ -131,16 +131,15 @@ def run(run_dirs: list[str], hf_series: str, out_root: str, schedule_config=None
     if hf_series:
         out = out_root or os.path.join("reports", os.path.basename(os.path.normpath(hf_series)))
         reports[out] = analyze_hf_series(hf_series, out, schedule_config, **options)
-    for run_dir in run_dirs:
-        out = report_dir(run_dir, out_root)
+    outs = [report_dir(r, out_root) for r in run_dirs]
+    for run_dir, out in zip(run_dirs, outs):
         if compare_only:
             reports[run_dir] = load_report(out)
         else:
             reports[run_dir] = analyze_run(run_dir, out, gradient_batches=gradient_batches,
                                            gradient_every=gradient_every, **options)
     if len(run_dirs) > 1:
-        compare_runs(run_dirs, [report_dir(r, out_root) for r in run_dirs], [reports[r] for r in run_dirs],
-                     out_root or ".")
+        compare_runs(run_dirs, outs, [reports[r] for r in run_dirs], out_root or ".")
     if not compare_only:
         for name, report in reports.items():
             print("\n".join(summary_lines(name, report)))
@@ -157,21 +156,11 @@ def load_report(out: str) -> dict:
         return json.load(f)
 
 
-def _flat(config: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value if not isinstance(value, list) else tuple(value)
-    return out
-
-
 def runs_table(run_dirs: list[str], reports: list[dict]) -> sections.Table:
     """One row per run: the config fields in which the runs differ, then the force paper's headline numbers
     (λ peak and its step, the floor coefficient, the k-lock, the Transmission alignment share over the rise
     phase and the decay share over the last 10 %, the spline's recovery, the final loss)."""
-    configs = [_flat(series.load_config(r).to_dict()) for r in run_dirs]
+    configs = [dict(tree.flat_items(series.load_config(r).to_dict())) for r in run_dirs]
     differing = sorted({k for c in configs for k in c if len({repr(c2.get(k)) for c2 in configs}) > 1})
     rows = []
     for run_dir, config, rep in zip(run_dirs, configs, reports):
@@ -181,10 +170,9 @@ def runs_table(run_dirs: list[str], reports: list[dict]) -> sections.Table:
                    floor_coefficient=lam.get("floor_coefficient"),
                    k_lock=rep.get("k_lock", {}).get("median_over_blocks_and_knots"))
         windows = rep.get("force_shares", {}).get("windows", {})
-        rise = next((v for k, v in windows.items() if k.startswith("1-") and int(k[2:]) <= 5000), None)
-        rise = windows.get("1-5000", rise)
-        row.update(rise_alignment=rise["alignment"] if rise else None,
-                   end_decay=windows[list(windows)[-1]]["decay"] if windows else None)
+        if windows:
+            row.update(rise_alignment=windows[series.rise_window(windows)]["alignment"],
+                       end_decay=windows[list(windows)[-1]]["decay"])
         spline = [r for r in rep.get("recovery", []) if r["method"] == "spline" and "rate" in r]
         row["spline_recovery"] = spline[0].get("median_pointwise_rate_post_update") if spline else None
         summary = os.path.join(run_dir, "summary.json")

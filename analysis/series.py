@@ -30,6 +30,7 @@ from weibull_jax import data as data_lib
 
 TRANSMISSION = taxonomy.TRANSMISSION
 TABLE_STEPS = (250, 1250, 2500, 5000, 10000, 20000)
+RISE_PHASE = 5000  # the forces paper's rise phase: steps 1 … 5000 (§4.1)
 POINT_WINDOW = 50  # a table step's shares are those of the 50 steps ending at it
 POINT_EVERY = 50  # the pointwise recovery's steps: the forces paper's recorded-step cadence
 READ_AHEAD = 2  # slabs read (eight files at a time each) and copied to the device while the device works
@@ -48,6 +49,11 @@ class Measured:
     grams: list[trajectory.TrajectoryGram]  # M Grams (numpy)
     seconds: dict[str, float] = dataclasses.field(default_factory=dict)  # where the time went
     sd: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # trunk matrix (W_qkv split) → (T, r) SD
+
+    @property
+    def rms(self) -> np.ndarray:
+        """(T, M) the RMS of every matrix at every knot."""
+        return np.sqrt(self.sq_norm / self.sizes)
 
     def select(self, cls: str) -> list[int]:
         return [i for i, n in enumerate(self.names) if taxonomy.describe(n).cls == cls]
@@ -217,13 +223,13 @@ def load_forces(run_dir: str) -> Recorded:
 
 
 def matrix_rows(data: Measured) -> list[dict]:
-    rows = []
+    rows, rms = [], data.rms
     for i, step in enumerate(data.steps):
         for m, name in enumerate(data.names):
             info = taxonomy.describe(name)
             rows.append(dict(step=int(step), matrix=name, kind=info.kind, cls=info.cls, block=info.block,
                              k=data.k[i, m], scale=data.scale[i, m],
-                             rms=math.sqrt(data.sq_norm[i, m] / data.sizes[m]), sq_norm=data.sq_norm[i, m]))
+                             rms=float(rms[i, m]), sq_norm=data.sq_norm[i, m]))
     return rows
 
 
@@ -232,9 +238,8 @@ def group_medians(data: Measured, by: str) -> dict[str, dict[str, np.ndarray]]:
     groups: dict[str, list[int]] = {}
     for m, name in enumerate(data.names):
         groups.setdefault(forces.group_key(name, by), []).append(m)
-    rms = np.sqrt(data.sq_norm / data.sizes)
     return {g: {"k": np.median(data.k[:, cols], 1), "scale": np.median(data.scale[:, cols], 1),
-                "rms": np.median(rms[:, cols], 1)} for g, cols in groups.items()}
+                "rms": np.median(data.rms[:, cols], 1)} for g, cols in groups.items()}
 
 
 def per_block(data: Measured, values: np.ndarray) -> np.ndarray:
@@ -315,6 +320,15 @@ def public_code_shares(row: np.ndarray) -> dict[str, float]:
     leading = align + f.injection + abs(f.decay)
     return {"alignment_public_code": align / leading, "injection_public_code": f.injection / leading,
             "decay_public_code": abs(f.decay) / leading}
+
+
+def rise_window(windows: dict[str, Any]) -> str:
+    """The rise phase's key among a budget's windows (``"first-last"``, in :func:`budget_tables` order: the
+    last is the run's end): steps 1 … min(5000, the run's length) (§4.1), or the first window where the run
+    has no such one."""
+    total = int(list(windows)[-1].split("-")[1])
+    key = f"1-{min(RISE_PHASE, total)}"
+    return key if key in windows else next(iter(windows))
 
 
 def budget_tables(recorded: Recorded, table_steps=TABLE_STEPS) -> tuple[list[dict], list[dict]]:
@@ -514,15 +528,13 @@ def section(data: Measured, figs: str, config: ml_collections.ConfigDict | None 
             "at_steps": {r["step"]: {k: r[k] for k in terms} for r in at if r["group"] == TRANSMISSION},
             "windows": {f"{r['first']}-{r['last']}": {k: r[k] for k in terms}
                         for r in over if r["group"] == TRANSMISSION}}
-        windows = [r for r in over if r["group"] == TRANSMISSION]
-        rise = next((r for r in windows if r["first"] == 1 and r["last"] == min(5000, recorded.forces.shape[0])),
-                    windows[0])
-        out.compare(f"alignment share, Transmission, steps {rise['first']}–{rise['last']}", _share(rise["alignment"]),
-                "alignment_share_rise")
-        out.compare(f"injection share, steps {rise['first']}–{rise['last']}", _share(rise["injection"]),
-                "injection_share_rise")
-        end = windows[-1]
-        out.compare(f"decay share, steps {end['first']}–{end['last']}", _share(end["decay"]), "decay_share_end")
+        windows = numbers["force_shares"]["windows"]
+        rise, end = rise_window(windows), list(windows)[-1]
+        out.compare(f"alignment share, Transmission, steps {rise.replace('-', '–')}",
+                    _share(windows[rise]["alignment"]), "alignment_share_rise")
+        out.compare(f"injection share, steps {rise.replace('-', '–')}", _share(windows[rise]["injection"]),
+                    "injection_share_rise")
+        out.compare(f"decay share, steps {end.replace('-', '–')}", _share(windows[end]["decay"]), "decay_share_end")
         table = [r for r in at if r["group"] == TRANSMISSION]
         for key, label in (("alignment", "50 steps ending there"), ("alignment_public_code",
                                                                      "that step, the public code's form")):

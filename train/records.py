@@ -126,7 +126,7 @@ class RunRecords:
                          for by in GROUPINGS}
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(line) + "\n")
-        for key, value in _flatten(line):
+        for key, value in tree.flat_items(line, "/"):
             if key != "step":
                 self._tensorboard.add_scalar(key, value, step)
         self.last = line
@@ -170,14 +170,6 @@ def write_text(path: str, text: str) -> None:
 
 def write_json(path: str, value) -> None:
     write_text(path, json.dumps(value))
-
-
-def _flatten(d: dict, prefix: str = ""):
-    for k, v in d.items():
-        if isinstance(v, dict):
-            yield from _flatten(v, f"{prefix}{k}/")
-        else:
-            yield f"{prefix}{k}", v
 
 
 def _clock(seconds: float) -> str:

@@ -220,10 +220,11 @@ def prepare(data_config: Any, probe_config: Any = None) -> Corpus:
     tokens = tokenize_corpus(files, tokenizer, cache)
     if len(tokens) == 0:
         raise ValueError(f"the corpus {data_config.corpus!r} holds no tokens")
-    if data_config.get("shuffle_tokens", False):
+    shuffle = data_config.get("shuffle_tokens", False)
+    if shuffle:
         tokens = shuffled_tokens(tokens)
     logging.info("corpus %s: %d files, %d tokens%s", data_config.corpus, len(files), len(tokens),
-                 ", in a random order" if data_config.get("shuffle_tokens", False) else "")
+                 ", in a random order" if shuffle else "")
     task = None
     if probe_config is not None and probe_config.enabled:
         task = probe.make_task(tokenizer, probe_config.codewords, probe_config.seed)

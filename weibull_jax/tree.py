@@ -57,3 +57,13 @@ def unflatten_selected(treedef, positions: list[int], values: list[Any]) -> Any:
     for i, v in zip(positions, values):
         out[i] = v
     return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def flat_items(nested: dict, sep: str = ".", prefix: str = ""):
+    """The ``(joined keys, value)`` pairs of a nested dict's non-dict values, depth first (a config, a line of
+    metrics)."""
+    for key, value in nested.items():
+        if isinstance(value, dict):
+            yield from flat_items(value, sep, f"{prefix}{key}{sep}")
+        else:
+            yield f"{prefix}{key}", value
