@@ -23,6 +23,7 @@ import numpy as np
 from absl import logging
 
 from analysis import backbone, figures, sections, series, sosd
+from configs import default as default_config
 from weibull_jax import snapshots, suites, tree
 
 HTML_ROWS = 200  # rows of a table shown on the page; the CSV beside it has them all
@@ -159,8 +160,10 @@ def load_report(out: str) -> dict:
 def runs_table(run_dirs: list[str], reports: list[dict]) -> sections.Table:
     """One row per run: the config fields in which the runs differ, then the force paper's headline numbers
     (λ peak and its step, the floor coefficient, the k-lock, the Transmission alignment share over the rise
-    phase and the decay share over the last 10 %, the spline's recovery, the final loss)."""
-    configs = [dict(tree.flat_items(series.load_config(r).to_dict())) for r in run_dirs]
+    phase and the decay share over the last 10 %, the spline's recovery, the final loss). A field a run's
+    config lacks (the run predates it) reads as its default, the behaviour that run had."""
+    defaults = dict(tree.flat_items(default_config.get_config().to_dict()))
+    configs = [{**defaults, **dict(tree.flat_items(series.load_config(r).to_dict()))} for r in run_dirs]
     differing = sorted({k for c in configs for k in c if len({repr(c2.get(k)) for c2 in configs}) > 1})
     rows = []
     for run_dir, config, rep in zip(run_dirs, configs, reports):
@@ -239,7 +242,10 @@ def summary_lines(name: str, report: dict) -> list[str]:
                      f"  decay {s['decay']:.1%}  higher-order {s['higher_order']:.1e}")
     for r in report.get("closed_loop", []):
         lines.append(f"  closed loop Δ={r['spacing']:<4} bridge {r['bridge']:<14} logRMSE {r['log_rmse']:.4f} "
-                     f"(bridge {r['bridge_error']:.4f}, integration {r['integration_error']:.4f})")
+                     f"(bridge {r['bridge_error']:.4f}, integration {r['integration_error']:.4f})"
+                     + ("" if r.get("nonpositive_from_step") is None else
+                        f": Euler ‖w‖² ≤ 0 from step {r['nonpositive_from_step']} (a sampled force held Δ steps "
+                        "overshoots)"))
     loops = [r for r in report.get("rms_closed_loop", []) if r["spacing"] == 1]
     if loops:
         lines.append("  closed loop in RMS units, Δ=1: " + ", ".join(f"{r['class']} logRMSE {r['rms_log_rmse']:.4f}"

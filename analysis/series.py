@@ -53,7 +53,7 @@ class Measured:
     @property
     def rms(self) -> np.ndarray:
         """(T, M) the RMS of every matrix at every knot."""
-        return np.sqrt(self.sq_norm / self.sizes)
+        return closed_loop.rms(self.sq_norm, self.sizes)
 
     def select(self, cls: str) -> list[int]:
         return [i for i, n in enumerate(self.names) if taxonomy.describe(n).cls == cls]
@@ -372,12 +372,15 @@ def closed_loop_table(data: Measured, recorded: Recorded, spacings=(1, 50, 250, 
         fitted = data.scale[knots][:, cols]
         true_sq = data.sq_norm[knots][:, cols]
         size = data.sizes[cols]
+        overshoot = closed_loop.first_nonpositive(predicted)
         for bridge, k in (("lock", lock_k[None, :]), ("per_checkpoint", data.k[knots][:, cols])):
             pred = closed_loop.bridge_scale(predicted[grid], size, k)
             rows.append({"spacing": spacing, "bridge": bridge, "knots": len(knots),
                          "log_rmse": closed_loop.log_rmse(pred, fitted),
                          "bridge_error": closed_loop.log_rmse(closed_loop.bridge_scale(true_sq, size, k), fitted),
-                         "integration_error": closed_loop.log_rmse(np.sqrt(predicted[grid]), np.sqrt(true_sq))})
+                         "integration_error": closed_loop.log_rmse(closed_loop.rms(predicted[grid], size),
+                                                                   closed_loop.rms(true_sq, size)),
+                         "nonpositive_from_step": None if overshoot is None else overshoot * spacing})
             if spacing == 1 and bridge == "lock":
                 curve = {"steps": data.steps[knots], "predicted": np.median(pred, 1), "fitted": np.median(fitted, 1)}
     return rows, curve
@@ -403,8 +406,9 @@ def rms_closed_loop_table(data: Measured, recorded: Recorded, spacings=(1, 50, 2
     for cls in sorted({taxonomy.describe(n).cls for n in data.names}):
         cols = data.select(cls)
         for spacing, predicted, knots, grid in _integrated(data, recorded, cols, spacings):
+            size = data.sizes[cols]
             rows.append({"class": cls, "spacing": spacing, "knots": len(knots), "rms_log_rmse": closed_loop.log_rmse(
-                np.sqrt(predicted[grid]), np.sqrt(data.sq_norm[knots][:, cols]))})
+                closed_loop.rms(predicted[grid], size), closed_loop.rms(data.sq_norm[knots][:, cols], size))})
     return rows
 
 

@@ -109,12 +109,15 @@ def test_report_of_a_run(run_dir, report_dir):
 
 def test_runs_compared_from_their_reports(run_dir, report_dir, tmp_path):
     """``--compare_only``: the page of runs analysed one by one, read from their reports: the config fields they
-    differ in (here only the seed), each run's headline numbers as its own report has them, the figures."""
+    differ in (here only the seed: a field one config lacks, from before it existed, reads as its default),
+    each run's headline numbers as its own report has them, the figures."""
     out, dirs = tmp_path / "out", []
     for seed in (7, 8):
         copy = tmp_path / f"run_seed{seed}"
         shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("snapshots", "checkpoints"))
         config = json.loads((copy / "config.json").read_text())
+        if seed == 8:
+            assert config["data"].pop("shuffle_tokens") is False
         (copy / "config.json").write_text(json.dumps({**config, "seed": seed}))
         shutil.copytree(report_dir, out / copy.name)
         dirs.append(str(copy))

@@ -1,5 +1,7 @@
 """Trajectory Gram, spline recovery and the closed loop against scipy, float64 numpy and a known AdamW run."""
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -155,6 +157,20 @@ def test_closed_loop_is_exact_with_exact_forces_and_the_true_shape():
     # forward Euler at Δ = 2 on a straight line of ‖w‖² is still exact at its grid points
     line = closed_loop.integrate_sq_norm(1.0, np.full(8, 0.5), 2)
     np.testing.assert_allclose(line, [1.0, 2.0, 3.0, 4.0, 5.0])
+
+
+def test_an_overshooting_integration_is_flagged_not_warned():
+    # one strongly negative force: dense Euler goes through zero at row 2, the Δ = 2 grid skips that force
+    leading = np.array([1.0, -5.0, 1.0, 1.0])
+    dense = closed_loop.integrate_sq_norm(2.0, leading, 1)
+    np.testing.assert_allclose(dense, [2.0, 3.0, -2.0, -1.0, 0.0])
+    assert closed_loop.first_nonpositive(dense) == 2
+    assert closed_loop.first_nonpositive(closed_loop.integrate_sq_norm(2.0, leading, 2)) is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scale = closed_loop.bridge_scale(dense, 4, 2.0)  # Γ(2) = 1: λ = √(‖w‖²/4)
+        np.testing.assert_allclose(scale[:2], [np.sqrt(0.5), np.sqrt(0.75)])
+        assert np.isnan(scale[2:]).all() and np.isnan(closed_loop.log_rmse(scale, np.ones(5)))
 
 
 def test_the_public_codes_two_point_form_and_pointwise_median(adamw_run):

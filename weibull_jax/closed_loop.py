@@ -8,7 +8,9 @@ sub-sampled every Δ steps (forward Euler),
 map the squared norm of an n-element matrix to the Weibull scale through the RMS bridge
 λ = RMS/√Γ(1 + 2/k), RMS = √(‖w‖²/n), and compare with the independently fitted λ:
 logRMSE = √mean (ln λ_pred − ln λ_fit)². The offset splits into the bridge error (λ from the true RMS vs
-the fit) and the integration error (integrated vs true RMS).
+the fit) and the integration error (integrated vs true RMS). Forward Euler with sparse samples of a noisy
+force can step ‖w‖² below zero (a sampled step's force, held for Δ steps, overshoots); there λ and the
+logRMSE are undefined (NaN) and :func:`first_nonpositive` says from which grid point.
 """
 
 from __future__ import annotations
@@ -33,12 +35,29 @@ def integrate_sq_norm(sq_norm0: Any, leading: np.ndarray, spacing: int) -> np.nd
                            np.asarray(sq_norm0, np.float64) + spacing * np.cumsum(sampled, axis=0)])
 
 
+def first_nonpositive(sq_norm: Any) -> int | None:
+    """The first row (grid point) of an (S, …) array of squared norms where any entry is ≤ 0, or None."""
+    rows = np.flatnonzero(np.any(np.asarray(sq_norm).reshape(len(sq_norm), -1) <= 0, axis=1))
+    return int(rows[0]) if rows.size else None
+
+
+def _sqrt(x: Any) -> np.ndarray:
+    """√x in float64, NaN where x ≤ 0 (an overshot integration), without a warning."""
+    x = np.asarray(x, np.float64)
+    return np.sqrt(np.where(x > 0, x, np.nan))
+
+
+def rms(sq_norm: Any, size: Any) -> np.ndarray:
+    """RMS = √(‖w‖²/n); NaN where ‖w‖² ≤ 0."""
+    return _sqrt(np.asarray(sq_norm, np.float64) / size)
+
+
 def bridge_scale(sq_norm: Any, size: Any, k: Any) -> np.ndarray:
     """λ = RMS/√Γ(1 + 2/k) with RMS = √(‖w‖²/n): the Weibull scale a squared norm implies at shape k."""
-    return np.sqrt(np.asarray(sq_norm, np.float64) / size / special.gamma(1.0 + 2.0 / np.asarray(k, np.float64)))
+    return rms(sq_norm, size) / np.sqrt(special.gamma(1.0 + 2.0 / np.asarray(k, np.float64)))
 
 
 def log_rmse(predicted: Any, reference: Any) -> float:
-    """√mean (ln predicted − ln reference)² over all entries (natural log)."""
+    """√mean (ln predicted − ln reference)² over all entries (natural log); NaN if any entry is NaN."""
     diff = np.log(np.asarray(predicted, np.float64)) - np.log(np.asarray(reference, np.float64))
     return float(np.sqrt(np.mean(diff**2)))
