@@ -19,6 +19,8 @@ CORPORA = {  # corpus, tokens shuffled
 
 
 def get_config(corpus: str = "shuffled"):
+    if corpus not in CORPORA:
+        raise ValueError(f"unknown corpus {corpus!r}; known: {sorted(CORPORA)}")
     config = pythia70m_v1b.get_config()
     config.data.corpus, config.data.shuffle_tokens = CORPORA[corpus]
     config.data.tokenizer_corpus = "docs-large"

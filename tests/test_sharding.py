@@ -205,6 +205,27 @@ def test_training_steps_on_every_mesh_agree_with_one_device_as_closely_as_a_reor
             assert value <= 10 * spread[key] + 16 * U, (shape, key, value, spread[key])
 
 
+@pytest.mark.parametrize("name", [o for o in optim.OPTIMIZERS if o != "adamw"])
+def test_every_optimizer_shards_its_state_and_steps_as_on_one_device(name):
+    """Muon's state holds its two parts' parameter trees with optax.MaskedNode holes, the SGD family's one
+    momentum or none: each moment is split over FSDP like its matrix, and two steps agree with one device
+    within the bound of the AdamW test above (10× the spread of a reordered batch, plus 16u)."""
+    config = _config()
+    config.optimizer.update(name=name, lr=1e-2)
+    mesh = sharding.make_mesh(2, 4, 1)
+    state, step = _program(config, mesh)
+    moments = [x for x in jax.tree.leaves(state.opt_state) if x.ndim == 2]
+    assert len(moments) >= (0 if name == "sgd" else 8)  # the 2 blocks' 4 matrices, embedding and head
+    assert all("fsdp" in x.sharding.spec for x in moments)
+    batches = _batches(config, 2)
+    single = _run(*_program(config), batches)
+    permuted = [b[np.random.default_rng(0).permutation(len(b))] for b in batches]
+    spread = _deviation(_run(*_program(config), permuted), single)
+    put = [sharding.global_batch(b, sharding.batch_sharding(mesh)) for b in batches]
+    for key, value in _deviation(_run(state, step, put), single).items():
+        assert value <= 10 * spread[key] + 16 * U, (key, value, spread[key])
+
+
 def test_weibull_fits_and_spectra_of_sharded_weights_equal_those_of_one_device():
     config = _config()
     state, _ = _program(config)

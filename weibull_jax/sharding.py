@@ -107,10 +107,16 @@ def param_shardings(abstract_params: Any, logical_axes: Any, mesh: Mesh,
 def optimizer_shardings(optimizer: optax.GradientTransformation, abstract_params: Any,
                         params_shardings: Any, mesh: Mesh) -> Any:
     """The optimizer state's shardings: every moment shaped like a parameter as that parameter, the rest
-    (step counts, scalars) replicated; read from the optimizer's own ``init`` (optax.tree_map_params)."""
+    (step counts, scalars) replicated; read from the optimizer's own ``init`` (optax.tree_map_params). A
+    partitioned optimizer (Muon: its own rule for the hidden matrices, AdamW for the rest) holds a copy of the
+    parameter tree per part with ``optax.MaskedNode`` where a parameter is the other part's: it stays one."""
+    def place(moment, sharding):
+        return moment if isinstance(moment, optax.MaskedNode) else sharding
+
     abstract_state = jax.eval_shape(optimizer.init, abstract_params)
-    return optax.tree_map_params(optimizer, lambda _, sharding: sharding, abstract_state, params_shardings,
-                                 transform_non_params=lambda _: replicated(mesh))
+    return optax.tree_map_params(optimizer, place, abstract_state, params_shardings,
+                                 transform_non_params=lambda _: replicated(mesh),
+                                 is_leaf=lambda x: isinstance(x, optax.MaskedNode))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
