@@ -27,9 +27,7 @@ CONTROLS = {  # optimizer, lr, momentum, weight decay (Table 8)
 
 
 def get_config(optimizer: str = "adamw"):
-    if optimizer not in CONTROLS:
-        raise ValueError(f"unknown control {optimizer!r}; known: {sorted(CONTROLS)}")
-    name, lr, momentum, weight_decay = CONTROLS[optimizer]
+    name, lr, momentum, weight_decay = default.variant(CONTROLS, optimizer, "control")
     config = default.get_config()
     config.seed = 42
     config.data.vocab_size = 8192

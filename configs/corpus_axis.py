@@ -8,7 +8,7 @@ structure). All are encoded by the BPE trained on docs-large, so only the data d
 coherence.
 """
 
-from configs import pythia70m_v1b
+from configs import default, pythia70m_v1b
 
 CORPORA = {  # corpus, tokens shuffled
     "python-docs": ("python-docs", False),
@@ -19,9 +19,8 @@ CORPORA = {  # corpus, tokens shuffled
 
 
 def get_config(corpus: str = "shuffled"):
-    if corpus not in CORPORA:
-        raise ValueError(f"unknown corpus {corpus!r}; known: {sorted(CORPORA)}")
+    name, shuffled = default.variant(CORPORA, corpus, "corpus")
     config = pythia70m_v1b.get_config()
-    config.data.corpus, config.data.shuffle_tokens = CORPORA[corpus]
+    config.data.corpus, config.data.shuffle_tokens = name, shuffled
     config.data.tokenizer_corpus = "docs-large"
     return config

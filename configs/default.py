@@ -15,6 +15,14 @@ def model(preset: str, **changes) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dataclasses.asdict(models.preset(preset, **changes)))
 
 
+def variant(table: dict, key: str, what: str):
+    """``table[key]`` of a parameterised config (``--config=configs/x.py:KEY``), or one message naming the
+    known keys."""
+    if key not in table:
+        raise ValueError(f"unknown {what} {key!r}; known: {sorted(table)}")
+    return table[key]
+
+
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0

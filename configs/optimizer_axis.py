@@ -16,7 +16,7 @@ For these the forces are read from the update itself (``weibull_jax.forces.force
 u = −Δw/η − λw), so the budget has the same three terms and its closure is exact as for AdamW.
 """
 
-from configs import pythia70m_v1b
+from configs import default, pythia70m_v1b
 
 OPTIMIZERS = {  # optimizer, peak lr, momentum, lr of Muon's AdamW part
     "adamw": ("adamw", 1e-3, 0.9, 0.0),
@@ -28,9 +28,7 @@ OPTIMIZERS = {  # optimizer, peak lr, momentum, lr of Muon's AdamW part
 
 
 def get_config(optimizer: str = "muon"):
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {optimizer!r}; known: {sorted(OPTIMIZERS)}")
+    name, lr, momentum, adam_lr = default.variant(OPTIMIZERS, optimizer, "optimizer")
     config = pythia70m_v1b.get_config()
-    name, lr, momentum, adam_lr = OPTIMIZERS[optimizer]
     config.optimizer.update(name=name, lr=lr, momentum=momentum, adam_lr=adam_lr)
     return config

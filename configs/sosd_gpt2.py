@@ -25,9 +25,7 @@ VARIANTS = {  # optimizer, schedule, weight decay
 
 
 def get_config(variant: str = "adamw_wsd"):
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; known: {sorted(VARIANTS)}")
-    name, schedule, weight_decay = VARIANTS[variant]
+    name, schedule, weight_decay = default.variant(VARIANTS, variant, "variant")
     config = default.get_config()
     config.data.vocab_size = 8192
     config.data.seq_len = 512
