@@ -12,7 +12,10 @@ random tokens, bf16 compute with float32 weights on both sides:
   ``exp_avg``/``exp_avg_sq`` after each step to form the same budget (the peer's way to get the forces).
 
 Each variant runs in its own process (so that peak memory is its own); the table gives tokens/s, peak GPU
-memory and the ratio to the torch.compile figure.
+memory and the ratio to the torch.compile figure. ``--batch`` is the global batch: with ``--mesh data|fsdp``
+and ``--devices N`` the jax variants shard it (and the weights, for fsdp) over N devices, and with ``--peer
+ddp|fsdp`` a torch variant started by ``torchrun`` takes its rank's rows under DDP or FSDP2
+(``tests/benchmarks/bench_scaling.py`` runs these side by side).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -38,15 +42,21 @@ def run_jax(args, forces: bool) -> dict:
     import jax
 
     from train import train
-    from weibull_jax import models, optim
+    from weibull_jax import models, optim, sharding
 
     config = models.preset(args.preset, dtype="bfloat16", max_seq_len=args.seq)
     schedule = optim.learning_rate_schedule("cosine", LR, TOTAL, WARMUP)
     optimizer = optim.make_optimizer("adamw", schedule, WD, B1, B2, EPS)
-    state = train.create_train_state(config, optimizer, jax.random.key(0))
+    devices = jax.devices()[:args.devices]
+    mesh = None if args.mesh == "none" else sharding.make_mesh(
+        *((len(devices), 1) if args.mesh == "data" else (1, len(devices))), devices=devices)
+    shardings = None if mesh is None else train.state_shardings(config, optimizer, mesh)
+    rows = None if mesh is None else sharding.batch_sharding(mesh)
+    state = train.create_train_state(config, optimizer, jax.random.key(0), shardings=shardings)
     wd = jax.tree.map(lambda on: WD if on else 0.0, optim.matrices_decay(state.params))
-    step = train.make_train_step(config, optimizer, schedule, wd, dict(b1=B1, b2=B2, eps=EPS), forces)
-    batches = jax.device_put(_tokens(args, 4))
+    step = train.make_train_step(config, optimizer, schedule, wd, dict(b1=B1, b2=B2, eps=EPS), forces,
+                                 shardings=shardings, batch_sharding=rows)
+    batches = [jax.device_put(t) if mesh is None else sharding.global_batch(t, rows) for t in _tokens(args, 4)]
     for i in range(args.warmup):
         state, metrics = step(state, batches[i % 4])
     jax.block_until_ready(metrics)
@@ -60,7 +70,7 @@ def run_jax(args, forces: bool) -> dict:
             for i in range(5):
                 state, metrics = step(state, batches[i % 4])
             jax.block_until_ready(metrics)
-    peak = (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use", 0)
+    peak = max((d.memory_stats() or {}).get("peak_bytes_in_use", 0) for d in devices)
     return {"seconds_per_step": seconds / args.steps, "peak_bytes": peak, "loss": float(metrics["loss"]),
             "device": jax.devices()[0].device_kind, "version": f"jax {jax.__version__}"}
 
@@ -79,17 +89,36 @@ def run_torch(args, compiled: bool, forces: bool) -> dict:
     from weibull_jax import convert, models
 
     hf = convert.config_to_hf(models.preset(args.preset, max_seq_len=args.seq))
-    model = transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(**hf)).cuda().train()
+    rank, world, device = 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.peer:  # a torchrun worker: NCCL between GPUs, gloo between CPU processes
+        import torch.distributed as dist
+
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        rank, world = dist.get_rank(), dist.get_world_size()
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+            torch.cuda.set_device(device)
+    model = transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(**hf)).to(device).train()
+    if args.peer == "ddp":
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.index is not None
+                                                          else None)
+    elif args.peer == "fsdp":  # FSDP2: each layer's parameters sharded over the ranks, then the rest
+        from torch.distributed.fsdp import fully_shard
+
+        for layer in model.gpt_neox.layers:
+            fully_shard(layer)
+        fully_shard(model)
     decay = [p for p in model.parameters() if p.ndim >= 2]
     rest = [p for p in model.parameters() if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": WD}, {"params": rest, "weight_decay": 0.0}],
-                            lr=LR, betas=(B1, B2), eps=EPS, fused=True)
+                            lr=LR, betas=(B1, B2), eps=EPS, fused=device.type == "cuda")
     lr_of_step = torch.optim.lr_scheduler.LambdaLR(opt, _cosine_factor)
     forward = torch.compile(model) if compiled else model
-    batches = torch.as_tensor(_tokens(args, 4), device="cuda", dtype=torch.long)
+    rows = args.batch // world  # this rank's block of the global batch
+    batches = torch.as_tensor(_tokens(args, 4)[:, rank * rows:(rank + 1) * rows], device=device, dtype=torch.long)
 
     def step(tokens):
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=torch.bfloat16):
             loss = forward(input_ids=tokens, labels=tokens).loss
         loss.backward()
         before = [p.detach().clone() for p in decay] if forces else None
@@ -108,17 +137,31 @@ def run_torch(args, compiled: bool, forces: bool) -> dict:
             return loss, torch.stack(terms)
         return loss, None
 
+    def settle():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if args.peer:
+            torch.distributed.barrier()
+
     for i in range(args.warmup):
         step(batches[i % 4])
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
+    settle()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     for i in range(args.steps):
         loss, _ = step(batches[i % 4])
-    torch.cuda.synchronize()
+    settle()
     seconds = time.perf_counter() - start
-    return {"seconds_per_step": seconds / args.steps, "peak_bytes": torch.cuda.max_memory_allocated(),
-            "loss": float(loss), "device": torch.cuda.get_device_name(),
+    peak = torch.tensor(torch.cuda.max_memory_allocated() if device.type == "cuda" else 0, device=device)
+    if args.peer:  # the largest over the ranks
+        torch.distributed.all_reduce(peak, op=torch.distributed.ReduceOp.MAX)
+        loss = loss.detach().clone()
+        torch.distributed.all_reduce(loss)  # the global batch's mean loss
+        loss /= world
+        torch.distributed.destroy_process_group()
+    return {"seconds_per_step": seconds / args.steps, "peak_bytes": int(peak), "loss": float(loss), "rank": rank,
+            "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
             "version": f"torch {torch.__version__}, transformers {transformers.__version__}"}
 
 
@@ -137,10 +180,17 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--profile", default="", help="jax variants: write a profiler trace of 5 steps here")
     parser.add_argument("--variant", choices=VARIANTS, help="run one variant and print its JSON (internal)")
+    parser.add_argument("--mesh", choices=("none", "data", "fsdp"), default="none",
+                        help="jax variants: shard the global batch over --devices (data), and the weights (fsdp)")
+    parser.add_argument("--devices", type=int, default=1, help="jax variants with --mesh: how many devices")
+    parser.add_argument("--peer", choices=("", "ddp", "fsdp"), default="",
+                        help="torch variants under torchrun: DistributedDataParallel or FSDP2")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     args = parser.parse_args()
     if args.variant:
-        print(json.dumps(run_variant(args)))
+        result = run_variant(args)
+        if result.get("rank", 0) == 0:
+            print(json.dumps(result))
         return
     results = {}
     for variant in args.variants.split(","):
