@@ -3,15 +3,16 @@ what its docstring says it changes (so that a difference between two runs of an 
 
 import pytest
 
-from configs import (backbone, corpus_axis, default, high_decay, llama70m, lr_sweep, optimizer_axis, pythia70m_v1b,
-                     sosd_gpt2)
+from configs import (backbone, backbone_pressure, corpus_axis, default, high_decay, llama70m, lr_sweep,
+                     optimizer_axis, pythia70m_v1b, sosd_gpt2)
 from train import train
 from weibull_jax import tree
 
 VARIANTS = [(default, None), (llama70m, None), *[(pythia70m_v1b, s) for s in "1234"],
             *[(lr_sweep, lr) for lr in ("3e-4", "1e-3", "3e-3")], *[(high_decay, wd) for wd in ("0.05", "0.1", "0.2")],
             *[(corpus_axis, c) for c in corpus_axis.CORPORA], *[(optimizer_axis, o) for o in optimizer_axis.OPTIMIZERS],
-            *[(backbone, c) for c in backbone.CONTROLS], *[(sosd_gpt2, v) for v in sosd_gpt2.VARIANTS]]
+            *[(backbone, c) for c in backbone.CONTROLS], *[(sosd_gpt2, v) for v in sosd_gpt2.VARIANTS],
+            *[(backbone_pressure, v) for v in backbone_pressure.VARIANTS]]
 
 
 def _load(module, arg):
@@ -23,8 +24,8 @@ def test_every_shipped_config_passes_the_programs_checks(module, arg):
     train.check_config(_load(module, arg))
 
 
-def _changed(config) -> dict:
-    base = dict(tree.flat_items(pythia70m_v1b.get_config().to_dict()))
+def _changed(config, base=None) -> dict:
+    base = dict(tree.flat_items((base or pythia70m_v1b.get_config()).to_dict()))
     return {k: v for k, v in tree.flat_items(config.to_dict()) if base[k] != v}
 
 
@@ -44,7 +45,18 @@ def test_each_axis_of_v1b_changes_only_its_field(module, arg, expected):
     assert _changed(_load(module, arg)) == expected
 
 
-@pytest.mark.parametrize("module", [optimizer_axis, corpus_axis, backbone, sosd_gpt2])
+@pytest.mark.parametrize("variant,expected", [
+    ("docs_large", {"data.corpus": "docs-large"}),
+    ("narrow", {"model.d_model": 256, "model.n_heads": 8, "model.d_ff": 1024}),
+    ("flat_weight", {"probe.weights": ((0, 2.0),)}),
+    ("all", {"data.corpus": "docs-large", "model.d_model": 256, "model.n_heads": 8, "model.d_ff": 1024,
+             "probe.rate": 0.05}),
+])
+def test_each_pressure_variant_changes_only_its_field_of_the_backbone_run(variant, expected):
+    assert _changed(backbone_pressure.get_config(variant), backbone.get_config()) == expected
+
+
+@pytest.mark.parametrize("module", [optimizer_axis, corpus_axis, backbone, sosd_gpt2, backbone_pressure])
 def test_unknown_variants_are_refused_by_name(module):
     with pytest.raises(ValueError, match="known:"):
         module.get_config("adam")
