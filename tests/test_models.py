@@ -7,6 +7,7 @@ import pytest
 
 import weibull_jax
 from weibull_jax import models, taxonomy, tree
+from weibull_jax.models import flops
 
 # Parameter counts of the HuggingFace checkpoints (EleutherAI model cards / safetensors headers).
 PUBLISHED_SIZES = {"pythia-14m": 14_067_712, "pythia-70m": 70_426_624, "pythia-160m": 162_322_944,
@@ -138,3 +139,26 @@ def test_config_checks():
         models.preset("pythia-7b")
     with pytest.raises(ValueError, match="gpt2 has one key/value head per query head"):
         models.preset("gpt2-51m", n_kv_heads=4)
+
+
+@pytest.mark.parametrize("name,non_embedding", [("pythia-70m", 18_915_328), ("pythia-160m", 85_056_000),
+                                                ("pythia-410m", 302_311_424), ("pythia-1b", 805_736_448)])
+def test_matmul_parameters_against_the_pythia_papers_counts(name, non_embedding):
+    """The Pythia paper's non-embedding parameters (Biderman et al. 2023, Table 1) are the block and final-norm
+    weights: our N (every matrix a token meets, the head included) plus the vectors, less the head."""
+    config = models.preset(name)
+    params = jax.eval_shape(lambda: models.init_params(config, jax.random.key(0)))
+    vectors = sum(x.size for x in jax.tree.leaves(params) if x.ndim == 1)
+    assert flops.matmul_parameters(config) + vectors - config.d_model * config.vocab_size == non_embedding
+
+
+def test_training_flops_per_token_is_six_n_plus_the_attention_products():
+    d, layers, heads, ff, vocab, kv, t = 256, 3, 8, 768, 1000, 2, 128
+    llama = models.preset("llama-70m", d_model=d, n_layers=layers, n_heads=heads, n_kv_heads=kv, d_ff=ff,
+                          vocab_size=vocab)
+    n = layers * (2 * d * d + 2 * d * kv * (d // heads) + 3 * d * ff) + d * vocab  # q, o; k, v (GQA); SwiGLU
+    assert flops.matmul_parameters(llama) == n
+    assert flops.training_flops_per_token(llama, t) == 6 * n + 12 * layers * t * d
+    assert flops.training_flops_per_token(llama, t, causal=True) == 6 * n + 6 * layers * t * d
+    gpt2 = models.preset("gpt2-51m", d_model=d, n_layers=layers, n_heads=heads, d_ff=ff, vocab_size=vocab)
+    assert flops.matmul_parameters(gpt2) == layers * (4 * d * d + 2 * d * ff) + d * vocab

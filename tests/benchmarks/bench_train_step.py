@@ -29,6 +29,7 @@ import sys
 import time
 
 VARIANTS = ("jax", "jax+forces", "torch", "torch.compile", "torch+forces")
+PEAK_BF16 = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}  # dense tensor-core FLOP/s (SXM data sheets)
 LR, B1, B2, EPS, WD, WARMUP, TOTAL = 1e-3, 0.9, 0.95, 1e-8, 0.01, 200, 20_000
 
 
@@ -202,15 +203,24 @@ def main() -> None:
             print(f"{variant}: failed\n{done.stderr[-3000:]}")
             continue
         results[variant] = json.loads(done.stdout.strip().splitlines()[-1])
+    from weibull_jax.models import flops, preset
+
     tokens = args.batch * args.seq
     reference = results.get("torch.compile", {}).get("seconds_per_step")
-    print(f"{args.preset}, batch {args.batch} × seq {args.seq}, bf16, AdamW; "
-          f"{next(iter(results.values()))['device'] if results else ''}")
-    print(f"{'variant':<15}{'ms/step':>10}{'tokens/s':>12}{'peak GiB':>10}{'vs torch.compile':>18}  loss")
+    device = next(iter(results.values()))["device"] if results else ""
+    peak = next((v for k, v in PEAK_BF16.items() if k in device), None)
+    per_token = flops.training_flops_per_token(preset(args.preset), args.seq)
+    print(f"{args.preset}, batch {args.batch} × seq {args.seq}, bf16, AdamW; {device}")
+    print(f"{'variant':<15}{'ms/step':>10}{'tokens/s':>12}{'peak GiB':>10}{'vs torch.compile':>18}{'MFU':>7}  loss")
     for variant, r in results.items():
         ratio = f"{reference / r['seconds_per_step']:.2f}×" if reference else "-"
+        mfu = f"{per_token * tokens / r['seconds_per_step'] / peak:.1%}" if peak else "-"
         print(f"{variant:<15}{1e3 * r['seconds_per_step']:>10.2f}{tokens / r['seconds_per_step']:>12,.0f}"
-              f"{r['peak_bytes'] / 2**30:>10.2f}{ratio:>18}  {r['loss']:.3f}   ({r['version']})")
+              f"{r['peak_bytes'] / 2**30:>10.2f}{ratio:>18}{mfu:>7}  {r['loss']:.3f}   ({r['version']})")
+    if peak:
+        causal = flops.training_flops_per_token(preset(args.preset), args.seq, causal=True)
+        print(f"MFU: {per_token / 1e9:.3f} GFLOP a token (6N + 12·L·T·d_attn, PaLM's count; {causal / 1e9:.3f} with "
+              f"the causal half of the attention) over {peak / 1e12:.1f} TFLOP/s dense bf16")
     if "jax" in results and "jax+forces" in results:
         cost = results["jax+forces"]["seconds_per_step"] / results["jax"]["seconds_per_step"] - 1
         print(f"cost of the forces in the jitted step: {100 * cost:+.1f} %")
