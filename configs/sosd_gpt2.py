@@ -6,6 +6,10 @@
   python -m train.main --config=configs/sosd_gpt2.py:adamw_cosine    # cosine to 10 % (Fig. 4c)
   python -m train.main --config=configs/sosd_gpt2.py:adamw_cosine_nowd   # the same without weight decay (Fig. 5a)
 
+VARIANT is OPTIMIZER_SCHEDULE[_nowd], every combination of ``adamw`` or ``muon`` with ``wsd``, ``step`` or
+``cosine``, with weight decay 0.1 or without (``_nowd``): AdamW's and Muon's SD-variation floors under each
+schedule (issue 16, item 4).
+
 AdamW (0.9, 0.95) at lr 6e-4, weight decay 0.1; Muon at lr 0.02 (momentum 0.95, Nesterov) with its AdamW part
 at 6e-4; 100 warmup steps, WSD's decay over the last 20 %; batch 32 × 512 tokens, 2000 steps; snapshots every
 100 steps and the singular distributions of the trunk every 25 (the SD-variation curve). The papers' runs
@@ -15,13 +19,9 @@ corpus so that each run takes minutes.
 
 from configs import default
 
-VARIANTS = {  # optimizer, schedule, weight decay
-    "adamw_wsd": ("adamw", "wsd", 0.1),
-    "muon_wsd": ("muon", "wsd", 0.1),
-    "adamw_step": ("adamw", "step", 0.1),
-    "adamw_cosine": ("adamw", "cosine", 0.1),
-    "adamw_cosine_nowd": ("adamw", "cosine", 0.0),
-}
+VARIANTS = {f"{optimizer}_{schedule}{suffix}": (optimizer, schedule, weight_decay)
+            for optimizer in ("adamw", "muon") for schedule in ("wsd", "step", "cosine")
+            for suffix, weight_decay in (("", 0.1), ("_nowd", 0.0))}
 
 
 def get_config(variant: str = "adamw_wsd"):
