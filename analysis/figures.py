@@ -66,16 +66,17 @@ def lambda_runs(curves: dict[str, tuple[np.ndarray, np.ndarray]], runs: sections
     (the forces paper's §6.2 learning-rate and §7 data-coherence axes in one figure); ``runs``:
     ``report.runs_table``."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
+    colours = {}  # a run keeps its colour in both panels (runs of one setting overlap on the right)
     for name, (steps, scale) in curves.items():
-        left.plot(steps, scale, lw=1.2, label=name)
+        colours[name] = left.plot(steps, scale, lw=1.2, label=name)[0].get_color()
     left.set(xlabel="training step", ylabel="λ (Transmission median)", title="Weibull scale per run")
     left.legend(fontsize=7)
     for row in runs.rows:
         if "lambda_peak" in row and "rise_alignment" in row:
-            right.plot(row["rise_alignment"], row["lambda_peak"], "o")
-            right.annotate(row["run"], (row["rise_alignment"], row["lambda_peak"]), fontsize=7,
-                           xytext=(4, 2), textcoords="offset points")
+            right.plot(row["rise_alignment"], row["lambda_peak"], "o", color=colours.get(row["run"]), alpha=0.8,
+                       label=row["run"])
     right.set(xlabel="alignment share, steps 1–5000", ylabel="λ peak", title="λ peak against the alignment share")
+    right.legend(fontsize=7)
     return _save(fig, out_dir, "lambda_runs.png")
 
 
