@@ -27,6 +27,7 @@ from configs import default as default_config
 from weibull_jax import snapshots, suites, tree
 
 HTML_ROWS = 200  # rows of a table shown on the page; the CSV beside it has them all
+REPORT_JSON = "report.json"  # a report's headline numbers, beside its index.html
 
 
 class _Staging:
@@ -87,7 +88,7 @@ def analyze(series_data: snapshots.WeightSeries, out: str, config: ml_collection
             for name, table in part.tables.items():
                 table.write_csv(os.path.join(staging.path, "tables", f"{name}.csv"))
         report["seconds"] = {"read_fit_gram": measured_s, **data.seconds, "total": time.perf_counter() - start}
-        with open(os.path.join(staging.path, "report.json"), "w") as f:
+        with open(os.path.join(staging.path, REPORT_JSON), "w") as f:
             json.dump(report, f, indent=2, default=float)
         title = run_dir or series_dir
         write_page(os.path.join(staging.path, "index.html"), f"weibull-jax report: {title}", parts,
@@ -117,10 +118,14 @@ def analyze_hf_series(root: str, out: str, schedule_config: ml_collections.Confi
     return analyze(suite, out, schedule_config, None, n_heads=suite.config.n_heads, **options)
 
 
+def run_name(path: str) -> str:
+    """A run's (or a series') name in reports and tables: its folder's name."""
+    return os.path.basename(os.path.normpath(path))
+
+
 def report_dir(run_dir: str, out_root: str) -> str:
     """Where a run's report goes: ``{out_root}/{run name}``, or ``{run_dir}/report`` without ``out_root``."""
-    return os.path.join(out_root, os.path.basename(os.path.normpath(run_dir))) if out_root else \
-        os.path.join(run_dir, "report")
+    return os.path.join(out_root, run_name(run_dir)) if out_root else os.path.join(run_dir, "report")
 
 
 def run(run_dirs: list[str], hf_series: str, out_root: str, schedule_config=None, gradient_batches: int = 0,
@@ -130,7 +135,7 @@ def run(run_dirs: list[str], hf_series: str, out_root: str, schedule_config=None
     there already (each analysed on its own, e.g. where its snapshots were); only the comparison is made."""
     reports = {}
     if hf_series:
-        out = out_root or os.path.join("reports", os.path.basename(os.path.normpath(hf_series)))
+        out = out_root or os.path.join("reports", run_name(hf_series))
         reports[out] = analyze_hf_series(hf_series, out, schedule_config, **options)
     outs = [report_dir(r, out_root) for r in run_dirs]
     for run_dir, out in zip(run_dirs, outs):
@@ -149,7 +154,7 @@ def run(run_dirs: list[str], hf_series: str, out_root: str, schedule_config=None
 
 
 def load_report(out: str) -> dict:
-    path = os.path.join(out, "report.json")
+    path = os.path.join(out, REPORT_JSON)
     if not os.path.isfile(path):
         raise ValueError(f"{out} holds no report.json: analyse the run first (python -m analysis.main "
                          "--run_dir=RUN --out=OUT), then compare with --compare_only")
@@ -167,7 +172,7 @@ def runs_table(run_dirs: list[str], reports: list[dict]) -> sections.Table:
     differing = sorted({k for c in configs for k in c if len({repr(c2.get(k)) for c2 in configs}) > 1})
     rows = []
     for run_dir, config, rep in zip(run_dirs, configs, reports):
-        row = {"run": os.path.basename(os.path.normpath(run_dir)), **{k: config.get(k) for k in differing}}
+        row = {"run": run_name(run_dir), **{k: config.get(k) for k in differing}}
         lam = rep.get("lambda_transmission", {})
         row.update(lambda_peak=lam.get("peak_scale"), lambda_peak_step=lam.get("peak_step"),
                    floor_coefficient=lam.get("floor_coefficient"),
@@ -194,7 +199,7 @@ def compare_runs(run_dirs: list[str], report_dirs: list[str], reports: list[dict
     (the learning-rate and data-coherence axes of the forces paper, §6.2 and §7); the SD variation."""
     shares, variation, lam = {}, {}, {}
     for run_dir, report_path in zip(run_dirs, report_dirs):
-        name = os.path.basename(os.path.normpath(run_dir))
+        name = run_name(run_dir)
         if series.load_config(run_dir).get("record_forces"):
             recorded = series.load_forces(run_dir)
             x, share = series.binned_shares(recorded.forces, recorded.transmission_columns())

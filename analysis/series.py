@@ -373,13 +373,13 @@ def closed_loop_table(data: Measured, recorded: Recorded, spacings=(1, 50, 250, 
         true_sq = data.sq_norm[knots][:, cols]
         size = data.sizes[cols]
         overshoot = closed_loop.first_nonpositive(predicted)
+        integration = closed_loop.log_rmse(closed_loop.rms(predicted[grid], size), closed_loop.rms(true_sq, size))
         for bridge, k in (("lock", lock_k[None, :]), ("per_checkpoint", data.k[knots][:, cols])):
             pred = closed_loop.bridge_scale(predicted[grid], size, k)
             rows.append({"spacing": spacing, "bridge": bridge, "knots": len(knots),
                          "log_rmse": closed_loop.log_rmse(pred, fitted),
                          "bridge_error": closed_loop.log_rmse(closed_loop.bridge_scale(true_sq, size, k), fitted),
-                         "integration_error": closed_loop.log_rmse(closed_loop.rms(predicted[grid], size),
-                                                                   closed_loop.rms(true_sq, size)),
+                         "integration_error": integration,
                          "nonpositive_from_step": None if overshoot is None else overshoot * spacing})
             if spacing == 1 and bridge == "lock":
                 curve = {"steps": data.steps[knots], "predicted": np.median(pred, 1), "fitted": np.median(fitted, 1)}
