@@ -186,6 +186,25 @@ def _deviation(runs, reference):
     return dev
 
 
+def _one_device_and_reordering_spread(config, batches):
+    """The one-device run of ``batches``, and how far permuting each batch's rows (a mathematical identity
+    that only reorders the float32 sums) moves each logged quantity (:func:`_deviation`)."""
+    single = _run(*_program(config), batches)
+    permuted = [b[np.random.default_rng(0).permutation(len(b))] for b in batches]
+    return single, _deviation(_run(*_program(config), permuted), single)
+
+
+def _on(mesh, batches):
+    """``batches`` as global batches over ``mesh``'s data × fsdp axes."""
+    return [sharding.global_batch(b, sharding.batch_sharding(mesh)) for b in batches]
+
+
+def _assert_within_reordering(run, single, spread, label):
+    """Every logged quantity of ``run`` within 10× the reordering spread of the one-device run, plus 16u."""
+    for key, value in _deviation(run, single).items():
+        assert value <= 10 * spread[key] + 16 * U, (label, key, value, spread[key])
+
+
 def test_training_steps_on_every_mesh_agree_with_one_device_as_closely_as_a_reordered_batch():
     """A sharded step computes the same sums as the one-device step in another order (each device's rows,
     then an all-reduce or a reduce-scatter). In float32 a step is defined only up to that order: the same
@@ -194,15 +213,11 @@ def test_training_steps_on_every_mesh_agree_with_one_device_as_closely_as_a_reor
     bounds differ by the √D of the device sums) plus 16u."""
     config = _config()
     batches = _batches(config, 5)
-    single = _run(*_program(config), batches)
-    permuted = [b[np.random.default_rng(0).permutation(len(b))] for b in batches]
-    spread = _deviation(_run(*_program(config), permuted), single)
+    single, spread = _one_device_and_reordering_spread(config, batches)
     assert spread["grad_norm"] > 0  # the permutation did reorder the sums
     for shape in MESHES:
         mesh = sharding.make_mesh(*shape)
-        put = [sharding.global_batch(b, sharding.batch_sharding(mesh)) for b in batches]
-        for key, value in _deviation(_run(*_program(config, mesh), put), single).items():
-            assert value <= 10 * spread[key] + 16 * U, (shape, key, value, spread[key])
+        _assert_within_reordering(_run(*_program(config, mesh), _on(mesh, batches)), single, spread, shape)
 
 
 @pytest.mark.parametrize("name", [o for o in optim.OPTIMIZERS if o != "adamw"])
@@ -218,12 +233,8 @@ def test_every_optimizer_shards_its_state_and_steps_as_on_one_device(name):
     assert len(moments) >= (0 if name == "sgd" else 8)  # the 2 blocks' 4 matrices, embedding and head
     assert all("fsdp" in x.sharding.spec for x in moments)
     batches = _batches(config, 2)
-    single = _run(*_program(config), batches)
-    permuted = [b[np.random.default_rng(0).permutation(len(b))] for b in batches]
-    spread = _deviation(_run(*_program(config), permuted), single)
-    put = [sharding.global_batch(b, sharding.batch_sharding(mesh)) for b in batches]
-    for key, value in _deviation(_run(state, step, put), single).items():
-        assert value <= 10 * spread[key] + 16 * U, (key, value, spread[key])
+    single, spread = _one_device_and_reordering_spread(config, batches)
+    _assert_within_reordering(_run(state, step, _on(mesh, batches)), single, spread, name)
 
 
 def test_weibull_fits_and_spectra_of_sharded_weights_equal_those_of_one_device():
