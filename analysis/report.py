@@ -78,7 +78,7 @@ def analyze(series_data: snapshots.WeightSeries, out: str, config: ml_collection
         measured_s = time.perf_counter() - start
         parts = [series.section(data, figs, config, recorded, closed_loop_spacings, recovery_spacings, table_steps,
                                 recovery_every),
-                 sosd.section(data, run_dir, figs),
+                 sosd.section(data, run_dir, figs, config),
                  backbone.section(data, series_data, run_dir, figs, backbone_window, gradient_batches,
                                   gradient_every)]
         report: dict = {"series": series_dir, "knots": len(data.steps), "matrices": len(data.names),
@@ -154,10 +154,13 @@ def run(run_dirs: list[str], hf_series: str, out_root: str, schedule_config=None
 
 
 def load_report(out: str) -> dict:
+    """The numbers of the report in ``out``; ``{}``, with a warning, where there is none (a run whose snapshots
+    are gone compares on what its run directory holds: config, forces, live spectra, final loss)."""
     path = os.path.join(out, REPORT_JSON)
     if not os.path.isfile(path):
-        raise ValueError(f"{out} holds no report.json: analyse the run first (python -m analysis.main "
-                         "--run_dir=RUN --out=OUT), then compare with --compare_only")
+        logging.warning("%s holds no report.json (analyse the run first: python -m analysis.main --run_dir=RUN "
+                        "--out=OUT); its row has only what its run directory holds", out)
+        return {}
     with open(path) as f:
         return json.load(f)
 
@@ -196,17 +199,22 @@ def runs_table(run_dirs: list[str], reports: list[dict]) -> sections.Table:
 def compare_runs(run_dirs: list[str], report_dirs: list[str], reports: list[dict], out: str) -> None:
     """The runs side by side (``{out}/index.html``, ``{out}/tables/runs.csv``): :func:`runs_table`; the
     Transmission alignment share over time; λ over time and λ's peak against the rise-phase alignment share
-    (the learning-rate and data-coherence axes of the forces paper, §6.2 and §7); the SD variation."""
-    shares, variation, lam = {}, {}, {}
+    (the learning-rate and data-coherence axes of the forces paper, §6.2 and §7); the SD variation, and its
+    floor in the stable phase against the interval it is read at (``sd_floor_by_interval``)."""
+    shares, variation, lam, floors = {}, {}, {}, {}
     for run_dir, report_path in zip(run_dirs, report_dirs):
-        name = run_name(run_dir)
-        if series.load_config(run_dir).get("record_forces"):
+        name, config = run_name(run_dir), series.load_config(run_dir)
+        if config.get("record_forces"):
             recorded = series.load_forces(run_dir)
             x, share = series.binned_shares(recorded.forces, recorded.transmission_columns())
             shares[name] = (x, share[:, 0])
         live = sosd.live_spectra(run_dir)
         if live is not None:
             variation[name] = (live.steps[1:], sosd.variation(live).mean(1))
+            window = sosd.stable_window(config, config.steps)
+            rows = sosd.floors_by_interval(live, window) if window else []
+            if rows:
+                floors[name] = rows
         scale = os.path.join(report_path, "tables", "scale_by_class.csv")
         if os.path.isfile(scale):
             table = np.genfromtxt(scale, delimiter=",", names=True)
@@ -222,6 +230,11 @@ def compare_runs(run_dirs: list[str], report_dirs: list[str], reports: list[dict
         part.figures.append(figures.lambda_runs(lam, part.tables["runs"], out))
     if variation:
         part.figures.append(figures.sd_variation_runs(variation, out))
+    if floors:
+        part.tables["sd_floor_by_interval"] = sections.table([{"run": n, **r} for n, rows in floors.items()
+                                                              for r in rows])
+        part.tables["sd_floor_by_interval"].write_csv(os.path.join(out, "tables", "sd_floor_by_interval.csv"))
+        part.figures.append(figures.sd_floor_by_interval(floors, out))
     write_page(os.path.join(out, "index.html"), "weibull-jax: runs compared", [part],
                [f"{len(run_dirs)} runs: " + ", ".join(run_dirs)], None)
 

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
 
 from analysis import figures, sections
 from weibull_jax import (anchor, closed_loop, forces, models, optim, snapshots, spectra, taxonomy,
@@ -440,9 +441,11 @@ def recovery_table(data: Measured, recorded: Recorded | None, lr: np.ndarray, we
     rows, intervals, points = [], [], []
     for spacing in spacings:
         index = [i for i, s in enumerate(data.steps) if s % spacing == 0]
-        if len(index) < 2:
-            continue
         knots = data.steps[index]
+        if len(index) < 2 or np.any(np.diff(knots) != spacing):  # snapshots sparser than Δ: not this spacing
+            logging.info("recovery at Δ = %d skipped: the snapshots at its multiples are not %d steps apart",
+                         spacing, spacing)
+            continue
         true_sums = trajectory.interval_sums(np.arange(knots[-1]), truth[: knots[-1]], knots) if truth is not None \
             else None
         for method in trajectory.METHODS:

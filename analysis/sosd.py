@@ -5,7 +5,14 @@ Two sources of SD tables (steps × trunk matrices × r): the live ``spectra/`` o
 ``series.measure``). From either: SD variation ‖SD_t − SD_{t−Δ}‖₂ and the cosine of each SD to the final
 one, as means over the attention and over the MLP matrices; from the snapshots' Gram matrices also the
 cosine of each weight matrix to its final state, cos(W_t, W_T) = G_tT/√(G_tt G_TT). The summary gives the
-SD-variation peak, its step, and the floor (the median over the last quarter of the steps).
+SD-variation peak, its step, and the floor: the median over the later half of the stable phase, where η_t is
+within 10 % of its peak (the paper's metastable floor, §3.3; WSD's plateau, the step schedule's first stage),
+or over the last quarter of the steps where the schedule is unknown.
+
+The floor depends on the interval Δ it is read at: a spectrum that drifts moves ∝ Δ, one that jitters about a
+fixed shape does not grow with Δ at all. :func:`floors_by_interval` reads the floor at Δ = 1, 2, 4, 8, 16
+table spacings, so that two optimizers' floors can be compared at any interval (the SoSD paper's Muon is
+"about one order" below AdamW at an interval its text does not give, §5.3).
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 
+import ml_collections
 import numpy as np
 
 from analysis import figures, sections
@@ -47,9 +55,42 @@ def snapshot_spectra(data: series_lib.Measured) -> Spectra | None:
     return Spectra(data.steps, list(data.sd), sd, "snapshots")
 
 
-def variation(table: Spectra) -> np.ndarray:
-    """(T−1, M): ‖SD_t − SD_{t−1}‖₂ of every matrix between consecutive steps of the table."""
-    return np.linalg.norm(np.diff(table.sd, axis=0), axis=-1)
+LAGS = (1, 2, 4, 8, 16)  # the intervals of floors_by_interval, in rows of the SD table
+STABLE_SHARE = 0.9  # the stable phase: η_t ≥ this share of the peak rate, after warmup
+
+
+def variation(table: Spectra, lag: int = 1) -> np.ndarray:
+    """(T−lag, M): ‖SD_t − SD_{t−lag}‖₂ of every matrix, ``lag`` rows of the table apart."""
+    return np.linalg.norm(table.sd[lag:] - table.sd[:-lag], axis=-1)
+
+
+def stable_window(config: ml_collections.ConfigDict, last_step: int) -> tuple[int, int] | None:
+    """(first, last) step of the later half of the stable phase, the steps after warmup with η_t ≥ 90 % of the
+    peak rate; None if the phase has fewer than two steps."""
+    eta = series_lib.learning_rates(config, last_step)
+    stable = np.flatnonzero(eta >= STABLE_SHARE * eta.max())
+    stable = stable[stable >= config.optimizer.warmup_steps]
+    if len(stable) < 2:
+        return None
+    return int((stable[0] + stable[-1]) // 2), int(stable[-1])
+
+
+def floors_by_interval(table: Spectra, window: tuple[int, int]) -> list[dict]:
+    """Per lag of ``LAGS``: the interval Δ in steps, the number of pairs, and the median over the pairs of
+    steps (t − Δ, t) inside ``window`` of ‖SD_t − SD_{t−Δ}‖₂, as the mean over all trunk matrices and over
+    the attention and the MLP matrices. Lags with no pair inside the window are left out."""
+    rows = []
+    for lag in (lag for lag in LAGS if lag < len(table.steps)):
+        changes = variation(table, lag)
+        inside = (table.steps[:-lag] >= window[0]) & (table.steps[lag:] <= window[1])
+        if not inside.any():
+            continue
+        row = {"interval": int(np.median(table.steps[lag:] - table.steps[:-lag])), "pairs": int(inside.sum()),
+               "sd_variation_trunk": float(np.median(changes.mean(1)[inside]))}
+        row.update({f"sd_variation_{g}": float(np.median(v[inside]))
+                    for g, v in spectra.group_means(changes.T, table.names).items()})
+        rows.append(row)
+    return rows
 
 
 def sd_rows(table: Spectra) -> list[dict]:
@@ -80,18 +121,23 @@ def weight_cosines(data: series_lib.Measured) -> dict[str, np.ndarray]:
     return spectra.group_means(np.stack(cos), [data.names[m] for m in trunk])
 
 
-def summary(rows: list[dict]) -> dict:
-    """Per group: the SD-variation peak and its step, the floor (median of the last quarter) and their ratio."""
+def summary(rows: list[dict], window: tuple[int, int] | None = None) -> dict:
+    """Per group: the SD-variation peak and its step, the floor (the median over the rows whose step lies in
+    ``window``; without one, or with no row in it, over the last quarter) and their ratio."""
     out = {}
+    steps = np.asarray([r["step"] for r in rows])
+    in_window = (steps >= window[0]) & (steps <= window[1]) if window else np.zeros(len(rows), bool)
+    if not in_window.any():
+        in_window = np.arange(len(rows)) >= len(rows) - max(1, len(rows) // 4)
     for key in (k for k in rows[0] if k.startswith("sd_variation_")):
         values = np.asarray([r[key] for r in rows])
-        steps = np.asarray([r["step"] for r in rows])
         peak = int(np.argmax(values))
-        floor = float(np.median(values[-max(1, len(values) // 4):]))
+        floor = float(np.median(values[in_window]))
         out[key.removeprefix("sd_variation_")] = {"peak": float(values[peak]), "peak_step": int(steps[peak]),
                                                   "floor": floor, "peak_over_floor": float(values[peak] / floor)
                                                   if floor > 0 else float("inf"),
-                                                  "interval": int(rows[-1]["interval"])}
+                                                  "interval": int(rows[-1]["interval"]),
+                                                  "floor_steps": [int(steps[in_window][0]), int(steps[in_window][-1])]}
     return out
 
 
@@ -103,10 +149,13 @@ def training_loss(run_dir: str) -> tuple[np.ndarray, np.ndarray] | None:
     return np.asarray([x["step"] for x in lines]), np.asarray([x.get("lm_loss", x["loss"]) for x in lines])
 
 
-def section(data: series_lib.Measured, run_dir: str | None, figs: str) -> sections.Section:
-    """SoSD tables and figure: from the live spectra of a run where it wrote them, and from the snapshots."""
+def section(data: series_lib.Measured, run_dir: str | None, figs: str,
+            config: ml_collections.ConfigDict | None = None) -> sections.Section:
+    """SoSD tables and figure: from the live spectra of a run where it wrote them, and from the snapshots; with
+    the training config, the floors in the stable phase and their growth with the interval."""
     out = sections.Section("Stability of the singular distribution (SoSD)")
     first_rows = None
+    window = stable_window(config, config.steps) if config else None
     for table in (t for t in (live_spectra(run_dir) if run_dir else None, snapshot_spectra(data)) if t):
         rows = sd_rows(table)
         first_rows = first_rows or rows
@@ -115,7 +164,10 @@ def section(data: series_lib.Measured, run_dir: str | None, figs: str) -> sectio
             for i, row in enumerate(rows):
                 row.update({f"weight_cosine_final_{g}": float(v[i + 1]) for g, v in cosines.items()})
         out.tables[f"sosd_{table.source}"] = sections.table(rows)
-        out.numbers[f"sosd_{table.source}"] = summary(rows)
+        out.numbers[f"sosd_{table.source}"] = summary(rows, window)
+        floors = floors_by_interval(table, window) if window else []
+        if floors:
+            out.tables[f"sosd_{table.source}_floor_by_interval"] = sections.table(floors)
     if first_rows:
         out.figures.append(figures.sd_variation(first_rows, training_loss(run_dir) if run_dir else None, figs))
         source = next(k for k in ("sosd_live", "sosd_snapshots") if k in out.numbers)

@@ -42,7 +42,7 @@ def _analyse(*args):
 @pytest.fixture(scope="module")
 def report_dir(run_dir, tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("report")
-    out = _analyse(f"--run_dir={run_dir}", f"--out={out_dir}", "--recovery_spacings=5,10,20", "--recovery_every=1",
+    out = _analyse(f"--run_dir={run_dir}", f"--out={out_dir}", "--recovery_spacings=2,5,10,20", "--recovery_every=1",
                    "--closed_loop_spacings=1,5,10", "--table_steps=10,30,60", "--gradient_batches=4",
                    "--gradient_every=4")
     assert out.returncode == 0, out.stderr[-3000:]
@@ -78,6 +78,7 @@ def test_report_of_a_run(run_dir, report_dir):
     # warmup: no ratio), the spline again within 2 %, the public code's two-point form far off at Δ = 20
     pointwise = {(r["spacing"], r["method"]): r for r in report["recovery"]}
     assert {r["points"] for r in report["recovery"]} == {59}
+    assert {r["spacing"] for r in report["recovery"]} == {5, 10, 20}  # Δ = 2 is finer than the snapshots (5)
     assert abs(pointwise[(5, "spline")]["median_pointwise_rate"] - 1) < 0.02
     assert pointwise[(20, "two_point_mean_lr")]["median_pointwise_rate"] < 0.5
     # the public code's truth at t, the alignment term at the weights after the step t−1 → t, is that step's
@@ -131,8 +132,14 @@ def test_runs_compared_from_their_reports(run_dir, report_dir, tmp_path):
     assert float(rows[1]["lambda_peak"]) == report["lambda_transmission"]["peak_scale"]
     assert float(rows[1]["k_lock"]) == report["k_lock"]["median_over_blocks_and_knots"]
     assert {"alignment_share_runs.png", "lambda_runs.png", "index.html"} <= set(os.listdir(out))
-    result = _analyse(f"--run_dir={dirs[0]},{run_dir}", f"--out={tmp_path / 'none'}", "--compare_only")
-    assert result.returncode == 1 and "analyse the run first" in result.stderr
+    none = tmp_path / "none"  # no report of either run there: rows of what the run directories hold, a warning
+    result = _analyse(f"--run_dir={dirs[0]},{run_dir}", f"--out={none}", "--compare_only")
+    assert result.returncode == 0 and "analyse the run first" in result.stderr
+    with open(none / "tables" / "runs.csv") as f:
+        header = f.readline().strip().split(",")
+        rows = [dict(zip(header, line.strip().split(","))) for line in f]
+    assert rows[1]["lambda_peak"] == "nan" and float(rows[1]["final_loss"]) == json.loads(
+        open(os.path.join(run_dir, "summary.json")).read())["loss"]
 
 
 def test_the_report_page_opens_in_a_headless_chromium(report_dir):
