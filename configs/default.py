@@ -35,7 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
         vocab_size=4096,  # size of that BPE
         shuffle_tokens=False,  # the token stream in one fixed random order (the data-coherence control)
         seq_len=128,
-        sampling="epochs",  # epochs of shuffled non-overlapping chunks; random_offsets: the public code's draws
+        sampling="epochs",  # epochs of shuffled chunks; random_offsets: the public code's draws; unigram: iid tokens
         cache_dir="~/.cache/weibull_jax",
     ))
     config.optimizer = ml_collections.ConfigDict(dict(

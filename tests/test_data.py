@@ -1,4 +1,4 @@
-"""Batch sampling of the grain pipeline: contiguous epochs and the public code's random offsets."""
+"""Batch sampling of the grain pipeline: contiguous epochs, the public code's random offsets, unigram draws."""
 
 import numpy as np
 import pytest
@@ -40,19 +40,33 @@ def test_random_offsets_are_uniform_windows_with_replacement():
     assert len(np.unique(starts)) < starts.size  # drawn with replacement: 4000 draws from 9985 repeat
 
 
-def test_random_offsets_are_reproducible_resumable_and_split_over_processes():
-    np.testing.assert_array_equal(_batches("random_offsets", 5), _batches("random_offsets", 5))
-    assert not np.array_equal(_batches("random_offsets", 5), _batches("random_offsets", 5, seed=4))
-    it = iter(data.training_batches(TOKENS, SEQ, BATCH, 3, sampling="random_offsets"))
+def test_unigram_draws_follow_the_token_frequencies_and_never_repeat():
+    frequencies = np.asarray([500, 300, 150, 50])
+    tokens = np.repeat(np.arange(4, dtype=np.uint16), frequencies)  # 62 chunks of 16
+    it = iter(data.training_batches(tokens, SEQ, BATCH, 3, sampling="unigram"))
+    draws = np.stack([next(it) for _ in range(200)])  # 25,600 tokens, 25 epochs' worth of chunks
+    counts = np.bincount(draws.ravel(), minlength=4)
+    expected = draws.size * frequencies / frequencies.sum()
+    assert np.sum((counts - expected) ** 2 / expected) < 16.27  # χ²(3) at p = 0.001
+    chunks = _batches("unigram", 100).reshape(-1, SEQ)  # 800 chunks of TOKENS' 10,000 equally frequent tokens
+    assert len(np.unique(chunks, axis=0)) == len(chunks)  # fresh draws (a repeat has probability ~1e-58)
+    assert not np.any(np.all(np.diff(chunks.astype(np.int64), axis=1) == 1, axis=1))  # no chunk is a window
+
+
+@pytest.mark.parametrize("sampling", ["random_offsets", "unigram"])
+def test_draws_are_reproducible_resumable_and_split_over_processes(sampling):
+    np.testing.assert_array_equal(_batches(sampling, 5), _batches(sampling, 5))
+    assert not np.array_equal(_batches(sampling, 5), _batches(sampling, 5, seed=4))
+    it = iter(data.training_batches(TOKENS, SEQ, BATCH, 3, sampling=sampling))
     for _ in range(3):
         next(it)
     state = it.get_state()
     expected = next(it)
-    again = iter(data.training_batches(TOKENS, SEQ, BATCH, 3, sampling="random_offsets"))
+    again = iter(data.training_batches(TOKENS, SEQ, BATCH, 3, sampling=sampling))
     again.set_state(state)
     np.testing.assert_array_equal(next(again), expected)
-    halves = [_batches("random_offsets", 4, processes=2, index=p) for p in (0, 1)]
-    np.testing.assert_array_equal(np.concatenate(halves, axis=1), _batches("random_offsets", 4))
+    halves = [_batches(sampling, 4, processes=2, index=p) for p in (0, 1)]
+    np.testing.assert_array_equal(np.concatenate(halves, axis=1), _batches(sampling, 4))
 
 
 def test_unknown_sampling_is_refused():

@@ -247,7 +247,7 @@ class ChunkSource(grain.sources.RandomAccessDataSource):
         return np.asarray(self._tokens[start:start + self._seq_len], np.int32)
 
 
-SAMPLINGS = ("epochs", "random_offsets")
+SAMPLINGS = ("epochs", "random_offsets", "unigram")
 
 
 def random_windows(tokens: np.ndarray, seq_len: int, seed: int) -> grain.MapDataset:
@@ -264,11 +264,28 @@ def random_windows(tokens: np.ndarray, seq_len: int, seed: int) -> grain.MapData
     return grain.MapDataset.range(len(tokens) // seq_len).repeat(None).random_map(window, seed=offsets_seed)
 
 
+def unigram_draws(tokens: np.ndarray, seq_len: int, seed: int) -> grain.MapDataset:
+    """Endless chunks of ``seq_len`` tokens drawn independently from the corpus's unigram distribution, a fresh
+    draw every time: every token's frequency and nothing of their order, and nothing that repeats. The
+    control of the data-coherence axis that cannot be memorised (:func:`shuffled_tokens` permutes the stream
+    once, and a model memorises one permutation read 29 times). A token is the first j with C_j > r for
+    r uniform on 0 … N − 1 and C the cumulative counts: exactly P(j) = count_j / N. Draw i is a function of
+    (seed, i) alone, so a restored iterator repeats it."""
+    cumulative = np.cumsum(np.bincount(np.asarray(tokens)))
+    draws_seed = int(np.random.SeedSequence([seed, 2]).generate_state(1)[0])
+
+    def chunk(_, rng: np.random.Generator) -> np.ndarray:
+        return np.searchsorted(cumulative, rng.integers(0, cumulative[-1], seq_len), side="right").astype(np.int32)
+
+    return grain.MapDataset.range(len(tokens) // seq_len).repeat(None).random_map(chunk, seed=draws_seed)
+
+
 def training_batches(tokens: np.ndarray, seq_len: int, batch_size: int, seed: int,
                      task: probe.ProbeTask | None = None, probe_rate: float = 0.1,
                      processes: int = 1, process_index: int = 0, sampling: str = "epochs") -> grain.IterDataset:
     """Endless (batch_size, seq_len) int32 batches: every epoch a new permutation of the non-overlapping
-    chunks (by seed), or with ``sampling="random_offsets"`` windows at random offsets (:func:`random_windows`).
+    chunks (by seed), or with ``sampling="random_offsets"`` windows at random offsets (:func:`random_windows`),
+    or with ``sampling="unigram"`` independent draws of the corpus's unigram distribution (:func:`unigram_draws`).
 
     With a probe ``task``, each chunk becomes a probe sequence with probability ``probe_rate`` (a seeded draw
     per chunk position, so a restored iterator repeats it) and the batches are ``{"tokens", "probe_mask"}``.
@@ -291,6 +308,8 @@ def training_batches(tokens: np.ndarray, seq_len: int, batch_size: int, seed: in
         dataset = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None)
     elif sampling == "random_offsets":
         dataset = random_windows(tokens, seq_len, seed)
+    elif sampling == "unigram":
+        dataset = unigram_draws(tokens, seq_len, seed)
     else:
         raise ValueError(f"config.data.sampling must be one of {SAMPLINGS}, got {sampling!r}")
     if task is not None:
