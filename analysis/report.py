@@ -234,6 +234,12 @@ def compare_runs(run_dirs: list[str], report_dirs: list[str], reports: list[dict
         part.tables["sd_floor_by_interval"] = sections.table([{"run": n, **r} for n, rows in floors.items()
                                                               for r in rows])
         part.tables["sd_floor_by_interval"].write_csv(os.path.join(out, "tables", "sd_floor_by_interval.csv"))
+        part.tables["sd_floor_model"] = sections.table([
+            {"run": n, "group": g, **sosd.drift_walk_jitter([r["interval"] for r in rows],
+                                                            [r[f"sd_variation_{g}"] for r in rows])}
+            for n, rows in floors.items() if len(rows) >= 3 for g in ("trunk", "attention", "mlp")
+            if f"sd_variation_{g}" in rows[0]])
+        part.tables["sd_floor_model"].write_csv(os.path.join(out, "tables", "sd_floor_model.csv"))
         part.figures.append(figures.sd_floor_by_interval(floors, out))
     write_page(os.path.join(out, "index.html"), "weibull-jax: runs compared", [part],
                [f"{len(run_dirs)} runs: " + ", ".join(run_dirs)], None)

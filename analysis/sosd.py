@@ -93,6 +93,19 @@ def floors_by_interval(table: Spectra, window: tuple[int, int]) -> list[dict]:
     return rows
 
 
+def drift_walk_jitter(intervals: np.ndarray, floors: np.ndarray) -> dict:
+    """The floors F(Δ) of :func:`floors_by_interval` as a drift, a random walk and a jitter,
+    F(Δ)² = v²Δ² + cΔ + b, by least squares in F² relative to each F² (three or more intervals): ``drift``
+    v (SD change per step along a fixed direction), ``walk`` c, ``jitter`` b, and the largest relative
+    residual of F. At long intervals two runs' floors stand in the ratio of their drifts."""
+    d, f = np.asarray(intervals, np.float64), np.asarray(floors, np.float64)
+    design = np.stack([d ** 2, d, np.ones_like(d)], 1) / f[:, None] ** 2
+    (v2, c, b), *_ = np.linalg.lstsq(design, np.ones_like(d), rcond=None)
+    fitted = np.sqrt(np.maximum(v2 * d ** 2 + c * d + b, 0.0))
+    return {"drift": float(np.sqrt(max(v2, 0.0))), "walk": float(c), "jitter": float(b),
+            "max_relative_residual": float(np.max(np.abs(fitted / f - 1)))}
+
+
 def sd_rows(table: Spectra) -> list[dict]:
     """Per step t ≥ the second: group means of the SD variation since the previous step and of cos(SD_t, SD_T)."""
     changes = variation(table)

@@ -65,3 +65,12 @@ def test_summary_reads_the_floor_in_the_window():
     windowed = sosd.summary(rows, (50, 100))["mlp"]
     assert (windowed["floor"], windowed["floor_steps"], windowed["peak"]) == (2.0, [50, 100], 5.0)
     assert sosd.summary(rows)["mlp"]["floor"] == 0.1  # no window: the last quarter (here the last row)
+
+
+def test_drift_walk_jitter_recovers_its_terms():
+    """F(Δ)² = v²Δ² + cΔ + b exactly: the fit returns v, c and b to rounding, and a zero residual."""
+    intervals = np.asarray([25, 50, 100, 200, 400])
+    v, c, b = 3e-6, 4e-10, 2.5e-9
+    fit = sosd.drift_walk_jitter(intervals, np.sqrt(v ** 2 * intervals ** 2 + c * intervals + b))
+    np.testing.assert_allclose([fit["drift"], fit["walk"], fit["jitter"]], [v, c, b], rtol=1e-6)
+    assert fit["max_relative_residual"] < 1e-9
