@@ -211,7 +211,7 @@ def compare_runs(run_dirs: list[str], report_dirs: list[str], reports: list[dict
         live = sosd.live_spectra(run_dir)
         if live is not None:
             variation[name] = (live.steps[1:], sosd.variation(live).mean(1))
-            window = sosd.stable_window(config, config.steps)
+            window = sosd.stable_window(config)
             rows = sosd.floors_by_interval(live, window) if window else []
             if rows:
                 floors[name] = rows
@@ -223,7 +223,6 @@ def compare_runs(run_dirs: list[str], report_dirs: list[str], reports: list[dict
     os.makedirs(os.path.join(out, "tables"), exist_ok=True)
     part = sections.Section("Runs side by side")
     part.tables["runs"] = runs_table(run_dirs, reports)
-    part.tables["runs"].write_csv(os.path.join(out, "tables", "runs.csv"))
     if shares:
         part.figures.append(figures.alignment_share_runs(shares, out))
     if lam:
@@ -233,14 +232,10 @@ def compare_runs(run_dirs: list[str], report_dirs: list[str], reports: list[dict
     if floors:
         part.tables["sd_floor_by_interval"] = sections.table([{"run": n, **r} for n, rows in floors.items()
                                                               for r in rows])
-        part.tables["sd_floor_by_interval"].write_csv(os.path.join(out, "tables", "sd_floor_by_interval.csv"))
-        part.tables["sd_floor_model"] = sections.table([
-            {"run": n, "group": g, **sosd.drift_walk_jitter([r["interval"] for r in rows],
-                                                            [r[f"sd_variation_{g}"] for r in rows])}
-            for n, rows in floors.items() if len(rows) >= 3 for g in ("trunk", "attention", "mlp")
-            if f"sd_variation_{g}" in rows[0]])
-        part.tables["sd_floor_model"].write_csv(os.path.join(out, "tables", "sd_floor_model.csv"))
+        part.tables["sd_floor_model"] = sections.table(sosd.floor_models(floors))
         part.figures.append(figures.sd_floor_by_interval(floors, out))
+    for name, table in part.tables.items():
+        table.write_csv(os.path.join(out, "tables", f"{name}.csv"))
     write_page(os.path.join(out, "index.html"), "weibull-jax: runs compared", [part],
                [f"{len(run_dirs)} runs: " + ", ".join(run_dirs)], None)
 

@@ -64,10 +64,10 @@ def variation(table: Spectra, lag: int = 1) -> np.ndarray:
     return np.linalg.norm(table.sd[lag:] - table.sd[:-lag], axis=-1)
 
 
-def stable_window(config: ml_collections.ConfigDict, last_step: int) -> tuple[int, int] | None:
-    """(first, last) step of the later half of the stable phase, the steps after warmup with η_t ≥ 90 % of the
-    peak rate; None if the phase has fewer than two steps."""
-    eta = series_lib.learning_rates(config, last_step)
+def stable_window(config: ml_collections.ConfigDict) -> tuple[int, int] | None:
+    """(first, last) step of the later half of the stable phase of a run's schedule, the steps after warmup
+    with η_t ≥ 90 % of the peak rate; None if the phase has fewer than two steps."""
+    eta = series_lib.learning_rates(config, config.steps)
     stable = np.flatnonzero(eta >= STABLE_SHARE * eta.max())
     stable = stable[stable >= config.optimizer.warmup_steps]
     if len(stable) < 2:
@@ -104,6 +104,15 @@ def drift_walk_jitter(intervals: np.ndarray, floors: np.ndarray) -> dict:
     fitted = np.sqrt(np.maximum(v2 * d ** 2 + c * d + b, 0.0))
     return {"drift": float(np.sqrt(max(v2, 0.0))), "walk": float(c), "jitter": float(b),
             "max_relative_residual": float(np.max(np.abs(fitted / f - 1)))}
+
+
+def floor_models(floors: dict[str, list[dict]]) -> list[dict]:
+    """:func:`drift_walk_jitter` of each run's :func:`floors_by_interval` (those with three or more
+    intervals), for the trunk and for the attention and the MLP matrices: one row per run and group."""
+    return [{"run": name, "group": group, **drift_walk_jitter([r["interval"] for r in rows],
+                                                              [r[f"sd_variation_{group}"] for r in rows])}
+            for name, rows in floors.items() if len(rows) >= 3
+            for group in ("trunk", "attention", "mlp") if f"sd_variation_{group}" in rows[0]]
 
 
 def sd_rows(table: Spectra) -> list[dict]:
@@ -168,7 +177,7 @@ def section(data: series_lib.Measured, run_dir: str | None, figs: str,
     the training config, the floors in the stable phase and their growth with the interval."""
     out = sections.Section("Stability of the singular distribution (SoSD)")
     first_rows = None
-    window = stable_window(config, config.steps) if config else None
+    window = stable_window(config) if config else None
     for table in (t for t in (live_spectra(run_dir) if run_dir else None, snapshot_spectra(data)) if t):
         rows = sd_rows(table)
         first_rows = first_rows or rows

@@ -138,8 +138,8 @@ def test_runs_compared_from_their_reports(run_dir, report_dir, tmp_path):
     with open(none / "tables" / "runs.csv") as f:
         header = f.readline().strip().split(",")
         rows = [dict(zip(header, line.strip().split(","))) for line in f]
-    assert rows[1]["lambda_peak"] == "nan" and float(rows[1]["final_loss"]) == json.loads(
-        open(os.path.join(run_dir, "summary.json")).read())["loss"]
+    with open(os.path.join(run_dir, "summary.json")) as f:
+        assert rows[1]["lambda_peak"] == "nan" and float(rows[1]["final_loss"]) == json.load(f)["loss"]
 
 
 def test_the_report_page_opens_in_a_headless_chromium(report_dir):

@@ -22,7 +22,7 @@ def test_stable_window_of_wsd_is_the_later_half_of_the_plateau():
     plateau_end = 100 + round(rest * 0.8)  # η = peak up to here, then linear to 0 over the remaining L steps
     decay_steps = rest - round(rest * 0.8)  # L = 385: η ≥ 0.9·peak for 0.1·L = 38.5, so 38 more steps
     last = plateau_end + int(0.1 * decay_steps)
-    assert sosd.stable_window(config, config.steps) == ((100 + last) // 2, last)
+    assert sosd.stable_window(config) == ((100 + last) // 2, last)
 
 
 def test_stable_window_of_a_cosine_is_its_first_stretch():
@@ -31,7 +31,7 @@ def test_stable_window_of_a_cosine_is_its_first_stretch():
     config.steps = 1000
     config.optimizer.update(schedule="cosine", warmup_steps=0, floor=0.1)
     last = int(np.floor(1000 * np.arccos(2 * 0.8 / 0.9 - 1) / np.pi))
-    assert sosd.stable_window(config, config.steps) == (last // 2, last)
+    assert sosd.stable_window(config) == (last // 2, last)
 
 
 def test_a_drifting_spectrum_moves_in_proportion_to_the_interval():

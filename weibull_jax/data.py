@@ -25,7 +25,7 @@ import glob
 import hashlib
 import json
 import os
-from typing import Any, Iterator, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 import grain
 import jax
@@ -250,18 +250,26 @@ class ChunkSource(grain.sources.RandomAccessDataSource):
 SAMPLINGS = ("epochs", "random_offsets", "unigram")
 
 
+def _endless_draws(tokens: np.ndarray, seq_len: int, seed: int, stream: int,
+                   draw: Callable[[np.random.Generator], np.ndarray]) -> grain.MapDataset:
+    """Endless ``draw(rng)`` chunks, draw i a function of (seed, stream, i) alone, so that a restored iterator
+    repeats it; ``stream`` keeps each sampling's draws apart from the others' and from the probe's."""
+    stream_seed = int(np.random.SeedSequence([seed, stream]).generate_state(1)[0])
+    return grain.MapDataset.range(len(tokens) // seq_len).repeat(None).random_map(
+        lambda _, rng: draw(rng), seed=stream_seed)
+
+
 def random_windows(tokens: np.ndarray, seq_len: int, seed: int) -> grain.MapDataset:
     """Endless windows tokens[o : o + seq_len] at offsets o drawn uniformly from 0 … N − seq_len, with
     replacement (the sampling of the forces paper's public code and of nanoGPT: windows overlap, and an
-    epoch is not defined). Draw i is a function of (seed, i) alone, so a restored iterator repeats it."""
+    epoch is not defined)."""
     last = len(tokens) - seq_len
-    offsets_seed = int(np.random.SeedSequence([seed, 1]).generate_state(1)[0])  # apart from the probe's draws
 
-    def window(_, rng: np.random.Generator) -> np.ndarray:
+    def window(rng: np.random.Generator) -> np.ndarray:
         start = int(rng.integers(0, last + 1))
         return np.asarray(tokens[start:start + seq_len], np.int32)
 
-    return grain.MapDataset.range(len(tokens) // seq_len).repeat(None).random_map(window, seed=offsets_seed)
+    return _endless_draws(tokens, seq_len, seed, 1, window)
 
 
 def unigram_draws(tokens: np.ndarray, seq_len: int, seed: int) -> grain.MapDataset:
@@ -269,15 +277,13 @@ def unigram_draws(tokens: np.ndarray, seq_len: int, seed: int) -> grain.MapDatas
     draw every time: every token's frequency and nothing of their order, and nothing that repeats. The
     control of the data-coherence axis that cannot be memorised (:func:`shuffled_tokens` permutes the stream
     once, and a model memorises one permutation read 29 times). A token is the first j with C_j > r for
-    r uniform on 0 … N − 1 and C the cumulative counts: exactly P(j) = count_j / N. Draw i is a function of
-    (seed, i) alone, so a restored iterator repeats it."""
+    r uniform on 0 … N − 1 and C the cumulative counts: exactly P(j) = count_j / N."""
     cumulative = np.cumsum(np.bincount(np.asarray(tokens)))
-    draws_seed = int(np.random.SeedSequence([seed, 2]).generate_state(1)[0])
 
-    def chunk(_, rng: np.random.Generator) -> np.ndarray:
+    def chunk(rng: np.random.Generator) -> np.ndarray:
         return np.searchsorted(cumulative, rng.integers(0, cumulative[-1], seq_len), side="right").astype(np.int32)
 
-    return grain.MapDataset.range(len(tokens) // seq_len).repeat(None).random_map(chunk, seed=draws_seed)
+    return _endless_draws(tokens, seq_len, seed, 2, chunk)
 
 
 def training_batches(tokens: np.ndarray, seq_len: int, batch_size: int, seed: int,
