@@ -84,14 +84,16 @@ def _reads(t: int, n: int, max_bytes: int) -> list[_Read]:
 
 
 def measure(series: snapshots.WeightSeries, n_heads: int | None = None, max_bytes: int = 12 << 30) -> Measured:
-    """Reads each matrix across all knots (once, or twice for slabs over ``max_bytes``) and returns the fits,
-    norms and Grams, and with ``n_heads`` (to split a fused W_qkv) the singular distributions of the trunk
-    matrices. The next reads are prefetched (threads) while the device works on the current one."""
+    """Reads each matrix across all knots (once, or twice for slabs over ``max_bytes``), in the order the
+    matrices lie in the files (``series.storage_key``), and returns the fits, norms and Grams, and with
+    ``n_heads`` (to split a fused W_qkv) the singular distributions of the trunk matrices. The next reads are
+    prefetched (threads) while the device works on the current one."""
     names = series.matrices()
     t = len(series.steps)
     sizes = np.asarray([math.prod(series.layout.span(n)[1]) for n in names])
     k, scale, sq_norm = (np.zeros((t, len(names))) for _ in range(3))
-    plan = [(m, read) for m, n in enumerate(sizes) for read in _reads(t, int(n), max_bytes)]
+    in_storage_order = sorted(range(len(names)), key=lambda m: series.storage_key(names[m]))
+    plan = [(m, read) for m in in_storage_order for read in _reads(t, int(sizes[m]), max_bytes)]
     grams: list[Any] = [None] * len(names)
 
     def load(m: int, read: _Read) -> jax.Array:

@@ -1,7 +1,9 @@
 """A suite's revisions read in place, against the eager loader (safetensors' and torch's own readers)."""
 
 import hashlib
+import json
 import os
+import struct
 
 import jax
 import jax.numpy as jnp
@@ -89,6 +91,27 @@ def test_suite_reads_every_layout_as_the_eager_loader_does(family, layout, tmp_p
         if stored is not None:  # the stored order is HF's (out, in)
             key = "gpt_neox.layers.1.attention.query_key_value.weight"
             np.testing.assert_array_equal(whole[1], stored[key].float().numpy().ravel())
+
+
+def test_measure_reads_each_file_front_to_back(tmp_path):
+    """The matrices are read in the order of their bytes in the file (from the safetensors header itself),
+    which is not the layout's order of Flax paths."""
+    from analysis import series
+
+    for i, step in enumerate(STEPS):
+        _save(_model("neox", i), str(tmp_path / f"step{step}"), "fp16")
+    suite = suites.Suite(str(tmp_path))
+    read, slab = [], suite.slab
+    suite.slab = lambda name, *args, **kwargs: (read.append(name), slab(name, *args, **kwargs))[1]
+    series.measure(suite)
+    with open(tmp_path / "step0" / "model.safetensors", "rb") as f:
+        header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+    source = convert.match_tensors({k: v["shape"] for k, v in header.items() if k != "__metadata__"}, suite.config)
+    hf_name = {".".join(t.path): source[t.hf] for t in convert.tensor_map(suite.config)}
+    offsets = [header[hf_name[name]]["data_offsets"][0] for name in read]
+    assert sorted(read) == sorted(suite.matrices()) and len(read) == len(set(read))
+    assert offsets == sorted(offsets)
+    assert read != suite.matrices()
 
 
 def test_series_measures_of_a_suite_match_its_converted_checkpoints(tmp_path):

@@ -145,6 +145,11 @@ class WeightSeries:
     def matrices(self) -> list[str]:
         return [n for n, s in zip(self.layout.names, self.layout.shapes) if len(s) >= 2]
 
+    def storage_key(self, name: str) -> Any:
+        """Where a leaf's bytes lie in a step's file (its offset): reading leaves by this key reads each
+        file front to back, as the disk and the kernel's read-ahead serve best."""
+        return self.layout.span(name)[0]
+
     def leaf(self, name: str, index: int) -> np.ndarray:
         """One leaf at the ``index``-th step (a read of only its bytes)."""
         return self.unravel(name, self.slab(name, [index]))[0]

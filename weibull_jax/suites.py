@@ -181,6 +181,13 @@ class Suite(snapshots.WeightSeries):
                             len(indices))
         return out
 
+    def storage_key(self, name: str) -> tuple[str, int]:
+        """(file, byte offset) of the tensor in the first revision: safetensors stores its tensors by HF name,
+        an order unlike the Flax paths of the layout (``dense_4h_to_h`` before ``dense_h_to_4h``); a
+        ``pytorch_model.bin`` keeps the layout's order."""
+        stored = self._stored[0][name]
+        return stored.path, stored.offset
+
     def unravel(self, name: str, rows: Any) -> Any:
         """``(T, n)`` rows of a whole tensor as ``(T, *shape)`` in the model's orientation (HF's ``(out, in)``
         linear weights transposed to Flax kernels)."""

@@ -11,7 +11,9 @@
    weights plus r times one random drift, so every matrix changes along the series.
 2. Evicts the files from the page cache (``posix_fadvise(DONTNEED)`` after a sync: no root needed) and times
    ``dd`` reading all of them (1 MiB blocks): the disk's read bandwidth in this session.
-3. Evicts them again and times ``analysis.series.measure`` over the series (with and, ``--spectra``, without
+3. With ``--read_orders=N``: N cold reads of every matrix's slab alone (no device), in the files' order
+   (what ``series.measure`` does) and in the layout's order, alternating.
+4. Evicts them again and times ``analysis.series.measure`` over the series (with and, ``--spectra``, without
    the spectra of the trunk; without them at each ``--read_ahead`` depth and
    ``--read_threads`` count), printing its progress line with the ETA and where its time went (compiling
    counted from JAX's monitoring events: a fixed cost, not one per checkpoint).
@@ -79,6 +81,26 @@ def dd_seconds(paths: list[str]) -> float:
     return time.perf_counter() - start
 
 
+def time_read_orders(opened: snapshots.WeightSeries, paths: list[str], repeats: int) -> dict[str, list[float]]:
+    """Seconds of cold reads of every matrix's slab as stored, in the order ``series.measure`` reads them
+    (``storage_key``: each file front to back) and in the layout's order (by Flax path), alternating which
+    goes first."""
+    names = opened.matrices()
+    orders = {"storage": sorted(names, key=opened.storage_key), "layout": names}
+    seconds: dict[str, list[float]] = {k: [] for k in orders}
+    for r in range(repeats):
+        for key in (("storage", "layout") if r % 2 == 0 else ("layout", "storage")):
+            evict(paths)
+            start = time.perf_counter()
+            for name in orders[key]:
+                opened.slab(name, dtype=None)
+            seconds[key].append(time.perf_counter() - start)
+    wins = sum(s < lay for s, lay in zip(seconds["storage"], seconds["layout"]))
+    print("reads alone, cold: " + ", ".join(f"{k} order median {np.median(v):.2f} s" for k, v in seconds.items())
+          + f"; file order faster in {wins} of {repeats}", flush=True)
+    return seconds
+
+
 COMPILING: list[float] = []
 
 
@@ -98,6 +120,8 @@ def main() -> None:
     parser.add_argument("--extrapolate", type=int, default=154)
     parser.add_argument("--read_ahead", default="2", help="comma list: slabs in flight (series.READ_AHEAD)")
     parser.add_argument("--read_threads", default="8", help="comma list: files read at once per slab")
+    parser.add_argument("--read_orders", type=int, default=0, help="also time N cold reads of every matrix's "
+                        "slab (no device work) in the files' order and in the layout's, alternating")
     args = parser.parse_args()
     logging.set_verbosity(logging.INFO)
     start = time.perf_counter()
@@ -115,6 +139,8 @@ def main() -> None:
     print(f"dd, cold: {dd:.1f} s = {size / dd / 1e9:.2f} GB/s, {dd / t:.2f} s per checkpoint", flush=True)
     results = {"device": jax.devices()[0].device_kind, "format": args.format, "preset": args.preset,
                "checkpoints": t, "bytes": size, "dd_s": dd}
+    if args.read_orders:
+        results["read_orders_s"] = time_read_orders(opened, paths, args.read_orders)
     jax.monitoring.register_event_duration_secs_listener(_count_compilation)
     depths = [int(d) for d in args.read_ahead.split(",")]
     threads = [int(d) for d in args.read_threads.split(",")]
