@@ -199,9 +199,10 @@ def runs_table(run_dirs: list[str], reports: list[dict]) -> sections.Table:
 def compare_runs(run_dirs: list[str], report_dirs: list[str], reports: list[dict], out: str) -> None:
     """The runs side by side (``{out}/index.html``, ``{out}/tables/runs.csv``): :func:`runs_table`; the
     Transmission alignment share over time; λ over time and λ's peak against the rise-phase alignment share
-    (the learning-rate and data-coherence axes of the forces paper, §6.2 and §7); the SD variation, and its
-    floor in the stable phase against the interval it is read at (``sd_floor_by_interval``)."""
-    shares, variation, lam, floors = {}, {}, {}, {}
+    (the learning-rate and data-coherence axes of the forces paper, §6.2 and §7); the SD variation, its
+    floor in the stable phase against the interval it is read at (``sd_floor_by_interval``), and its level and
+    growth with the interval in each phase of the schedule (``sd_variation_by_phase``)."""
+    shares, variation, lam, floors, phases = {}, {}, {}, {}, {}
     for run_dir, report_path in zip(run_dirs, report_dirs):
         name, config = run_name(run_dir), series.load_config(run_dir)
         if config.get("record_forces"):
@@ -215,6 +216,7 @@ def compare_runs(run_dirs: list[str], report_dirs: list[str], reports: list[dict
             rows = sosd.floors_by_interval(live, window) if window else []
             if rows:
                 floors[name] = rows
+            phases[name] = sosd.variation_by_phase(live, config)
         scale = os.path.join(report_path, "tables", "scale_by_class.csv")
         if os.path.isfile(scale):
             table = np.genfromtxt(scale, delimiter=",", names=True)
@@ -234,6 +236,9 @@ def compare_runs(run_dirs: list[str], report_dirs: list[str], reports: list[dict
                                                               for r in rows])
         part.tables["sd_floor_model"] = sections.table(sosd.floor_models(floors))
         part.figures.append(figures.sd_floor_by_interval(floors, out))
+    if any(phases.values()):
+        part.tables["sd_variation_by_phase"] = sections.table([{"run": n, **r} for n, rows in phases.items()
+                                                               for r in rows])
     for name, table in part.tables.items():
         table.write_csv(os.path.join(out, "tables", f"{name}.csv"))
     write_page(os.path.join(out, "index.html"), "weibull-jax: runs compared", [part],

@@ -93,6 +93,34 @@ def floors_by_interval(table: Spectra, window: tuple[int, int]) -> list[dict]:
     return rows
 
 
+def schedule_phases(config: ml_collections.ConfigDict) -> list[tuple[int, int]]:
+    """The run cut at the end of warmup and at the fractions ``config.optimizer.milestones`` of its steps (the
+    step schedule's ×γ cuts, 0.5 and 0.75 by default; runs under other schedules are cut at the same steps,
+    so that they compare), each phase as (first, last) step of its later half, past the transient of a cut."""
+    bounds = [config.optimizer.warmup_steps, *(round(m * config.steps) for m in config.optimizer.milestones),
+              config.steps]
+    return [((a + b) // 2, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+def variation_by_phase(table: Spectra, config: ml_collections.ConfigDict) -> list[dict]:
+    """The SD variation through the schedule (SoSD §5.1, Fig. 4: it follows η). Per phase of
+    :func:`schedule_phases`: its median η_t/η_peak, the trunk's :func:`floors_by_interval` F(Δ) at one table
+    spacing Δ, and its growth F(4Δ)/F(Δ): 4 for a spectrum that drifts along a fixed direction, 2 for a
+    random walk, 1 for a jitter about a fixed shape. Phases too short for a pair 4Δ apart are left out."""
+    eta = series_lib.learning_rates(config, config.steps)
+    rows = []
+    for first, last in schedule_phases(config):
+        floors = floors_by_interval(table, (first, last))  # one row per lag of LAGS that has a pair
+        if len(floors) <= LAGS.index(4):
+            continue
+        short, long = floors[0], floors[LAGS.index(4)]
+        rows.append({"first_step": first, "last_step": last,
+                     "eta_share": float(np.median(eta[first:last]) / eta.max()), "interval": short["interval"],
+                     "sd_variation": short["sd_variation_trunk"],
+                     "growth_4x": long["sd_variation_trunk"] / short["sd_variation_trunk"]})
+    return rows
+
+
 def drift_walk_jitter(intervals: np.ndarray, floors: np.ndarray) -> dict:
     """The floors F(Δ) of :func:`floors_by_interval` as a drift, a random walk and a jitter,
     F(Δ)² = v²Δ² + cΔ + b, by least squares in F² relative to each F² (three or more intervals): ``drift``
@@ -174,7 +202,8 @@ def training_loss(run_dir: str) -> tuple[np.ndarray, np.ndarray] | None:
 def section(data: series_lib.Measured, run_dir: str | None, figs: str,
             config: ml_collections.ConfigDict | None = None) -> sections.Section:
     """SoSD tables and figure: from the live spectra of a run where it wrote them, and from the snapshots; with
-    the training config, the floors in the stable phase and their growth with the interval."""
+    the training config, the floors in the stable phase and their growth with the interval, and the variation
+    through the schedule's phases."""
     out = sections.Section("Stability of the singular distribution (SoSD)")
     first_rows = None
     window = stable_window(config) if config else None
@@ -190,6 +219,9 @@ def section(data: series_lib.Measured, run_dir: str | None, figs: str,
         floors = floors_by_interval(table, window) if window else []
         if floors:
             out.tables[f"sosd_{table.source}_floor_by_interval"] = sections.table(floors)
+        phases = variation_by_phase(table, config) if config else []
+        if phases:
+            out.tables[f"sosd_{table.source}_by_phase"] = sections.table(phases)
     if first_rows:
         out.figures.append(figures.sd_variation(first_rows, training_loss(run_dir) if run_dir else None, figs))
         source = next(k for k in ("sosd_live", "sosd_snapshots") if k in out.numbers)

@@ -74,3 +74,26 @@ def test_drift_walk_jitter_recovers_its_terms():
     fit = sosd.drift_walk_jitter(intervals, np.sqrt(v ** 2 * intervals ** 2 + c * intervals + b))
     np.testing.assert_allclose([fit["drift"], fit["walk"], fit["jitter"]], [v, c, b], rtol=1e-6)
     assert fit["max_relative_residual"] < 1e-9
+
+
+def test_variation_by_phase_follows_a_drift_driven_by_the_step_schedule():
+    """SD_t = SD_0 + d·Σ_{s<t} η_s (a drift whose speed is η): inside a phase of constant η,
+    ‖SD_t − SD_{t−Δ}‖ = Δη‖d‖ exactly, so each phase reads 25·η·‖d‖ (mean over the two matrices) and
+    grows 4× from Δ = 25 to 100. The step schedule's η is 6e-4, 6e-5, 6e-6 after warmup and each ×0.1 cut
+    (float32 rounding of η: relative 1e-7)."""
+    config = default.get_config()
+    config.steps = 2000
+    config.optimizer.update(schedule="step", lr=6e-4, warmup_steps=100, milestones=(0.5, 0.75), gamma=0.1)
+    assert sosd.schedule_phases(config) == [(550, 1000), (1250, 1500), (1750, 2000)]
+    eta = 6e-4 * np.where(np.arange(2000) < 100, np.arange(2000) / 100,
+                          np.select([np.arange(2000) < 1000, np.arange(2000) < 1500], [1.0, 0.1], 0.01))
+    direction = np.random.default_rng(2).normal(size=(2, 64))
+    travelled = np.concatenate([[0.0], np.cumsum(eta)])[::25]  # Σ_{s<t} η_s at t = 0, 25, …, 2000
+    rows = sosd.variation_by_phase(_table(0.5 + travelled[:, None, None] * direction), config)
+    speed = np.linalg.norm(direction, axis=1).mean()
+    assert [(r["first_step"], r["last_step"], r["interval"]) for r in rows] == [(550, 1000, 25), (1250, 1500, 25),
+                                                                               (1750, 2000, 25)]
+    np.testing.assert_allclose([r["eta_share"] for r in rows], [1.0, 0.1, 0.01], rtol=1e-6)
+    np.testing.assert_allclose([r["sd_variation"] for r in rows], 25 * 6e-4 * speed * np.asarray([1.0, 0.1, 0.01]),
+                               rtol=1e-6)
+    np.testing.assert_allclose([r["growth_4x"] for r in rows], 4.0, rtol=1e-6)
