@@ -259,13 +259,17 @@ def k_lock(data: Measured) -> dict[str, np.ndarray]:
     return {"median": np.median(blocks, 1), "min": blocks.min(1), "max": blocks.max(1), "per_block": blocks}
 
 
-def lambda_phases(steps: np.ndarray, scale: np.ndarray, final_lr: float | None, weight_decay: float) -> dict:
-    """Rise, peak, relaxation and floor of a λ trajectory (§4.2, §6.2)."""
+def lambda_phases(steps: np.ndarray, scale: np.ndarray, final_lr: float | None, weight_decay: float,
+                  optimizer: str = "adamw") -> dict:
+    """Rise, peak, relaxation and floor of a λ trajectory (§4.2, §6.2). The floor coefficient
+    λ_final/√(η_final/λ_wd) is AdamW's: its √(η/λ_wd) is the equilibrium norm of an update of unit RMS per
+    weight under decoupled decay, so it is given for AdamW runs only (Muon's update has RMS ~1/√fan, the SGD
+    family's the gradient's)."""
     peak = int(np.argmax(scale))
     out = {"scale_init": float(scale[0]), "peak_scale": float(scale[peak]), "peak_step": int(steps[peak]),
            "final_scale": float(scale[-1]), "rise": float(scale[peak] / scale[0]),
            "relaxation": float(1.0 - scale[-1] / scale[peak])}
-    if final_lr and weight_decay:
+    if final_lr and weight_decay and optimizer == "adamw":
         out["floor_coefficient"] = float(scale[-1] / math.sqrt(final_lr / weight_decay))
     return out
 
@@ -509,15 +513,17 @@ def section(data: Measured, figs: str, config: ml_collections.ConfigDict | None 
     out.compare("k-lock (per-block Transmission k, median over blocks and knots)",
             f"{numbers['k_lock']['median_over_blocks_and_knots']:.4f}", "k_lock")
     lr = weight_decay = None
+    optimizer = "adamw"
     if config is not None:
         lr = learning_rates(config, int(steps[-1]) + 1)
         weight_decay = float(config.optimizer.weight_decay)
+        optimizer = config.optimizer.get("name", "adamw")
         if recorded is not None:
             n = min(len(recorded.lr), len(lr))
             if not np.allclose(recorded.lr[:n], lr[:n], rtol=1e-3, atol=1e-12):  # a mismatch, not float32 fusion order
                 raise ValueError("the recorded learning rates differ from the config's schedule")
     lam = numbers["lambda_transmission"] = lambda_phases(
-        steps, by_class[TRANSMISSION]["scale"], lr[-1] if lr is not None else None, weight_decay or 0.0)
+        steps, by_class[TRANSMISSION]["scale"], lr[-1] if lr is not None else None, weight_decay or 0.0, optimizer)
     out.compare("λ peak (Transmission median)", f"{lam['peak_scale']:.4f} at step {lam['peak_step']}", "lambda_peak")
     model = models.config_from_fields(config.model.to_dict()) if config is not None and "model" in config else None
     ratio = init_ratio(data, model)

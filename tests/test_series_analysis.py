@@ -253,3 +253,14 @@ def test_squared_norms_survive_a_matrix_that_decays_ten_thousandfold(tmp_path):
     rows = snapshots.Series(str(tmp_path)).slab("layers_0.mlp.ffn_in.kernel").astype(np.float64)
     np.testing.assert_allclose(data.sq_norm[:, 0], np.sum(rows ** 2, 1), rtol=1e-5)
     assert np.all(data.sq_norm > 0)
+
+
+def test_the_floor_coefficient_is_given_for_adamw_only():
+    """λ_final/√(η_final/λ_wd) (forces paper §6.2) is the equilibrium of AdamW's unit-RMS update: 0.055/√(1e-4/0.01)
+    = 0.55 here; Muon's and the SGD family's updates have other sizes, so their λ phases carry no coefficient."""
+    steps, scale = np.arange(5) * 100, np.asarray([0.02, 0.05, 0.07, 0.06, 0.055])
+    adamw = series.lambda_phases(steps, scale, 1e-4, 0.01)
+    assert adamw["floor_coefficient"] == pytest.approx(0.55, rel=1e-12)
+    assert adamw["peak_step"] == 200 and adamw["rise"] == pytest.approx(3.5, rel=1e-12)
+    for name in ("muon", "sgd_momentum", "sgdw_nesterov"):
+        assert "floor_coefficient" not in series.lambda_phases(steps, scale, 1e-4, 0.01, name)
