@@ -5,7 +5,9 @@
 Fits the 24 transformer matrices of a freshly initialised Pythia-70M-shaped model (W_qkv, W_o, W_FFN_in,
 W_FFN_out × 6 blocks; 18.9 M weights), times the warm jitted call on the default JAX device (median of
 ``repeats``), times npm-weibull-py (``extract_to_histogram`` + ``weibull_fit`` per matrix) on the host in
-the same run, prints both, their ratio and the largest |Δk| and |Δλ|/λ between them. Not collected by pytest.
+the same run, prints both, their ratio and the largest |Δk| and |Δλ|/λ between them, and where the call's
+time goes: the host's work before and after the compiled program (the tree's leaves and the checks; the
+transfer, the per-matrix split and the tree rebuilt) against the program itself. Not collected by pytest.
 """
 
 from __future__ import annotations
@@ -63,6 +65,26 @@ def main() -> None:
     print(f"npm-weibull-py 0.4 on the host (median of {args.reference_repeats}):       {theirs * 1e3:8.1f} ms")
     print(f"speed-up: {theirs / ours:.0f}x")
     print(f"agreement: max |dk| = {dk:.2e}, max |dλ|/λ = {dl:.2e}; tree == single fits bit for bit: {identical}")
+    print("where fit_weibull_tree's time goes (medians, µs): " + ", ".join(
+        f"{k} {v * 1e6:.0f}" for k, v in breakdown(device, args.repeats).items()))
+
+
+def breakdown(params, repeats: int) -> dict[str, float]:
+    """Median seconds of each stage of ``weibull.fit_weibull_tree(params)``, timed apart."""
+    names, leaves, treedef, positions = tree.named_leaves(params, tree.is_weight_matrix)
+    program = (tuple(leaves), (0.1,), "histogram", False)
+    table, status = jax.device_get(weibull._fit_arrays(*program))
+    fits = weibull._split_rows(table, leaves)[0]
+    return {
+        "leaves": _median_seconds(lambda: tree.named_leaves(params, tree.is_weight_matrix), repeats),
+        "checks": _median_seconds(lambda: [weibull.check_array(n, w) for n, w in zip(names, leaves)], repeats),
+        "program (dispatch to ready)": _median_seconds(
+            lambda: jax.block_until_ready(weibull._fit_arrays(*program)), repeats),
+        "program and transfer": _median_seconds(lambda: jax.device_get(weibull._fit_arrays(*program)), repeats),
+        "status check": _median_seconds(lambda: weibull.raise_on_bad(names, leaves, status), repeats),
+        "split": _median_seconds(lambda: weibull._split_rows(table, leaves), repeats),
+        "tree": _median_seconds(lambda: tree.unflatten_selected(treedef, positions, fits), repeats),
+    }
 
 
 if __name__ == "__main__":
