@@ -97,9 +97,10 @@ def schedule_phases(config: ml_collections.ConfigDict) -> list[tuple[int, int]]:
     """The run cut at the end of warmup and at the fractions ``config.optimizer.milestones`` of its steps (the
     step schedule's ×γ cuts, 0.5 and 0.75 by default; runs under other schedules are cut at the same steps,
     so that they compare), each phase as (first, last) step of its later half, past the transient of a cut."""
-    bounds = [config.optimizer.warmup_steps, *(round(m * config.steps) for m in config.optimizer.milestones),
-              config.steps]
-    return [((a + b) // 2, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    warmup, steps = config.optimizer.warmup_steps, config.steps
+    cuts = [c for c in (round(m * steps) for m in config.optimizer.milestones) if warmup < c < steps]
+    bounds = [warmup, *cuts, steps]
+    return [((a + b) // 2, b) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def variation_by_phase(table: Spectra, config: ml_collections.ConfigDict) -> list[dict]:
