@@ -189,6 +189,25 @@ def sd_floor_by_interval(floors: dict[str, list[dict]], out_dir: str) -> str:
     return _save(fig, out_dir, "sd_floor_by_interval.png")
 
 
+def sd_variation_by_phase(phases: dict[str, list[dict]], out_dir: str) -> str:
+    """The SD variation of each phase of the schedule against η_t/η_peak there, per run, on log–log axes with
+    a line ∝ η (a drift whose speed is the rate) through the highest variation at the highest rate, and one
+    ∝ √η through the lowest."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, rows in phases.items():
+        ax.plot([r["eta_share"] for r in rows], [r["sd_variation"] for r in rows], "o-", lw=1.5, label=name)
+    every = [r for rows in phases.values() for r in rows]
+    top_rate = max(r["eta_share"] for r in every)
+    at_top = [r["sd_variation"] for r in every if r["eta_share"] == top_rate]
+    eta = np.geomspace(min(r["eta_share"] for r in every), top_rate, 20)
+    for power, start, style, label in ((1.0, max(at_top), "k:", "∝ η"), (0.5, min(at_top), "k--", "∝ √η")):
+        ax.plot(eta, start * (eta / top_rate) ** power, style, lw=1, label=label)
+    ax.set(xlabel="η_t / η_peak (median over the phase)", ylabel=f"SD variation at Δ = {every[0]['interval']} steps",
+           xscale="log", yscale="log", title="SD variation through the schedule")
+    ax.legend(fontsize=8)
+    return _save(fig, out_dir, "sd_variation_by_phase.png")
+
+
 def backbone_decomposition(rows: list[dict], accuracy, block: str, out_dir: str) -> str:
     """Backbone coordinate a(t) and residual ‖r(t)‖ of one block, with p_ood where the probe ran (Fig. 1)."""
     fig, ax = plt.subplots(figsize=(7, 4))

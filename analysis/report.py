@@ -236,9 +236,11 @@ def compare_runs(run_dirs: list[str], report_dirs: list[str], reports: list[dict
                                                               for r in rows])
         part.tables["sd_floor_model"] = sections.table(sosd.floor_models(floors))
         part.figures.append(figures.sd_floor_by_interval(floors, out))
-    if any(phases.values()):
+    phases = {name: rows for name, rows in phases.items() if rows}
+    if phases:
         part.tables["sd_variation_by_phase"] = sections.table([{"run": n, **r} for n, rows in phases.items()
                                                                for r in rows])
+        part.figures.append(figures.sd_variation_by_phase(phases, out))
     for name, table in part.tables.items():
         table.write_csv(os.path.join(out, "tables", f"{name}.csv"))
     write_page(os.path.join(out, "index.html"), "weibull-jax: runs compared", [part],

@@ -1,10 +1,12 @@
 """The SoSD floor: the stable phase it is read in (closed form of the WSD schedule) and its growth with the
 interval (closed form for a drifting spectrum; a jittering one does not grow)."""
 
+import os
+
 import numpy as np
 import pytest
 
-from analysis import sosd
+from analysis import figures, sosd
 from configs import default
 
 NAMES = ["layers_0.attention.q.kernel", "layers_0.mlp.ffn_in.kernel"]
@@ -76,7 +78,7 @@ def test_drift_walk_jitter_recovers_its_terms():
     assert fit["max_relative_residual"] < 1e-9
 
 
-def test_variation_by_phase_follows_a_drift_driven_by_the_step_schedule():
+def test_variation_by_phase_follows_a_drift_driven_by_the_step_schedule(tmp_path):
     """SD_t = SD_0 + d·Σ_{s<t} η_s (a drift whose speed is η): inside a phase of constant η,
     ‖SD_t − SD_{t−Δ}‖ = Δη‖d‖ exactly, so each phase reads 25·η·‖d‖ (mean over the two matrices) and
     grows 4× from Δ = 25 to 100. The step schedule's η is 6e-4, 6e-5, 6e-6 after warmup and each ×0.1 cut
@@ -100,3 +102,4 @@ def test_variation_by_phase_follows_a_drift_driven_by_the_step_schedule():
     np.testing.assert_allclose([r["sd_variation"] for r in rows], 25 * 6e-4 * speed * np.asarray([1.0, 0.1, 0.01]),
                                rtol=1e-6)
     np.testing.assert_allclose([r["growth_4x"] for r in rows], 4.0, rtol=1e-6)
+    assert os.path.getsize(figures.sd_variation_by_phase({"drift": rows}, str(tmp_path))) > 0
