@@ -47,13 +47,20 @@ MIN_POINTS = 5  # fewer bins (or order statistics) than this inside the trim giv
 PROTOCOLS = ("histogram", "exact")
 _NAMED_TRIMS = {"mid_80": 0.1, "mid_90": 0.05, "full_range": 0.0}
 
-# Bin edges as npm-weibull-py builds them (float64), and each edge rounded *up* to float32: for a float32
-# x and a float64 edge e, x < e exactly when x < e_up, so float32 comparisons reproduce numpy's
-# searchsorted on the float64 edges bit for bit.
+# Bin edges as npm-weibull-py builds them (float64). Edge i is -12 + 14 i / 1024: a dyadic rational of at
+# most 14 significant bits, so float32 holds every edge exactly and computes it exactly (``edge``) without
+# a table (a kernel can bin without a gather); float32 comparisons with it reproduce numpy's searchsorted on
+# the float64 edges bit for bit.
 EDGES = np.linspace(LOG10_RANGE[0], LOG10_RANGE[1], NUM_BINS + 1)
-EDGES_UP32 = np.where(EDGES.astype(np.float32) < EDGES,
-                     np.nextafter(EDGES.astype(np.float32), np.float32(np.inf)),
-                     EDGES.astype(np.float32)).astype(np.float32)
+
+
+def edge(i: jax.Array) -> jax.Array:
+    """Bin edge ``i`` (int32) in float32, exactly ``EDGES[i]``: (14 i − 12 · 1024) / 1024."""
+    width, start = LOG10_RANGE[1] - LOG10_RANGE[0], LOG10_RANGE[0]
+    return (i * int(width) + int(start * NUM_BINS)).astype(jnp.float32) * np.float32(1.0 / NUM_BINS)
+
+
+assert np.array_equal(np.asarray(edge(np.arange(NUM_BINS + 1, dtype=np.int32)), np.float64), EDGES)
 # ln of each bin's log-domain midpoint: the x of the probability plot.
 LN_CENTERS = (0.5 * (EDGES[:-1] + EDGES[1:]) * np.log(10.0)).astype(np.float32)
 
@@ -130,12 +137,11 @@ def slot_index(a: jax.Array) -> jax.Array:
     neighbouring edge. The finite slots are ordered like the magnitudes, so they also locate order statistics.
     """
     lg = jnp.log10(jnp.maximum(a, 1e-13))
-    up = jnp.asarray(EDGES_UP32)
     scale = NUM_BINS / (LOG10_RANGE[1] - LOG10_RANGE[0])
     i = jnp.clip(jnp.floor((lg - LOG10_RANGE[0]) * scale), 0, NUM_BINS - 1).astype(jnp.int32)
-    i = jnp.maximum(i - (lg < up[i]), 0)
-    i = i + ((i < NUM_BINS - 1) & (lg >= up[jnp.minimum(i + 1, NUM_BINS)]))
-    slot = jnp.where(lg < up[0], BELOW, jnp.where(lg > LOG10_RANGE[1], ABOVE, i + 1))
+    i = jnp.maximum(i - (lg < edge(i)), 0)
+    i = i + ((i < NUM_BINS - 1) & (lg >= edge(i + 1)))
+    slot = jnp.where(lg < LOG10_RANGE[0], BELOW, jnp.where(lg > LOG10_RANGE[1], ABOVE, i + 1))
     return jnp.where(jnp.isfinite(a), slot, NONFINITE_SLOT)
 
 

@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -28,15 +26,7 @@ import numpy as np
 
 from weibull_jax import models, snapshots, spectra, tree
 
-
-def _median_seconds(fn, repeats: int) -> float:
-    jax.block_until_ready(fn())
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from timing import median_seconds  # tests/benchmarks/timing.py
 
 
 def _by_shape(matrices: dict[str, np.ndarray]) -> list[jax.Array]:
@@ -81,7 +71,7 @@ def compare(name: str, stacks: list[jax.Array], repeats: int) -> None:
     for method, fn in METHODS.items():
         batched = jax.jit(lambda xs, fn=fn: [fn(x) for x in xs])
         try:
-            seconds = _median_seconds(lambda: batched(stacks), repeats)
+            seconds = median_seconds(lambda: batched(stacks), repeats)
         except NotImplementedError as e:  # the Jacobi eigensolver exists on GPUs only
             print(f"  {method:20s} not on this backend ({e})")
             continue

@@ -13,22 +13,13 @@ transfer, the per-matrix split and the tree rebuilt) against the program itself.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import jax
 import numpy as np
 
 from weibull_jax import models, taxonomy, tree, weibull
 
-
-def _median_seconds(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from timing import median_seconds  # tests/benchmarks/timing.py
 
 
 def main() -> None:
@@ -47,13 +38,13 @@ def main() -> None:
 
     fits = weibull.fit_weibull_tree(device)  # compile and check once
     jax.block_until_ready(fits)
-    ours = _median_seconds(lambda: jax.block_until_ready(weibull.fit_weibull_tree(device)), args.repeats)
+    ours = median_seconds(lambda: jax.block_until_ready(weibull.fit_weibull_tree(device)), args.repeats)
 
     def reference():
         return {n: npm_weibull.weibull_fit(npm_weibull.extract_to_histogram(w)) for n, w in host.items()}
 
     ref = reference()
-    theirs = _median_seconds(reference, args.reference_repeats)
+    theirs = median_seconds(reference, args.reference_repeats)
     dk = max(abs(float(fits[n].k) - ref[n]["k"]) for n in host)
     dl = max(abs(float(fits[n].scale) / ref[n]["lambda"] - 1) for n in host)
     single = {n: weibull.fit_weibull(w) for n, w in device.items()}
@@ -76,14 +67,14 @@ def breakdown(params, repeats: int) -> dict[str, float]:
     table, status = jax.device_get(weibull._fit_arrays(*program))
     fits = weibull._split_rows(table, leaves)[0]
     return {
-        "leaves": _median_seconds(lambda: tree.named_leaves(params, tree.is_weight_matrix), repeats),
-        "checks": _median_seconds(lambda: [weibull.check_array(n, w) for n, w in zip(names, leaves)], repeats),
-        "program (dispatch to ready)": _median_seconds(
+        "leaves": median_seconds(lambda: tree.named_leaves(params, tree.is_weight_matrix), repeats),
+        "checks": median_seconds(lambda: [weibull.check_array(n, w) for n, w in zip(names, leaves)], repeats),
+        "program (dispatch to ready)": median_seconds(
             lambda: jax.block_until_ready(weibull._fit_arrays(*program)), repeats),
-        "program and transfer": _median_seconds(lambda: jax.device_get(weibull._fit_arrays(*program)), repeats),
-        "status check": _median_seconds(lambda: weibull.raise_on_bad(names, leaves, status), repeats),
-        "split": _median_seconds(lambda: weibull._split_rows(table, leaves), repeats),
-        "tree": _median_seconds(lambda: tree.unflatten_selected(treedef, positions, fits), repeats),
+        "program and transfer": median_seconds(lambda: jax.device_get(weibull._fit_arrays(*program)), repeats),
+        "status check": median_seconds(lambda: weibull.raise_on_bad(names, leaves, status), repeats),
+        "split": median_seconds(lambda: weibull._split_rows(table, leaves), repeats),
+        "tree": median_seconds(lambda: tree.unflatten_selected(treedef, positions, fits), repeats),
     }
 
 
