@@ -39,6 +39,8 @@ _WINDOW = flags.DEFINE_list("backbone_window", [], "FIRST,LAST: the trajectory g
 _GRADIENT_BATCHES = flags.DEFINE_integer("gradient_batches", 32, "Minibatch gradients per analysed knot for the "
                                          "gradient alignment and Fisher probes (M); 0: no gradient probes.")
 _GRADIENT_EVERY = flags.DEFINE_integer("gradient_every", 1, "Probe the gradients at every N-th knot.")
+_DEVICES = flags.DEFINE_integer("devices", 1, "Split every weight slab's elements over this many of the host's "
+                                "devices (-1: all): larger slabs, the work spread; the fits unchanged to the bit.")
 
 
 def _integers(flag) -> tuple[int, ...]:
@@ -70,7 +72,7 @@ def main(argv):
                    compare_only=_COMPARE_ONLY.value,
                    closed_loop_spacings=_integers(_SPACINGS), recovery_spacings=_integers(_RECOVERY),
                    recovery_every=_RECOVERY_EVERY.value,
-                   table_steps=_integers(_TABLE_STEPS), backbone_window=window or None)
+                   table_steps=_integers(_TABLE_STEPS), backbone_window=window or None, devices=_DEVICES.value)
     except (ValueError, OSError) as e:  # bad or unreadable inputs, a full disk: one message, no traceback
         sys.exit(f"analysis.main: {e}")
 

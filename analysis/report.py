@@ -61,11 +61,12 @@ def analyze(series_data: snapshots.WeightSeries, out: str, config: ml_collection
             recovery_spacings=(250, 500, 1000), recovery_every=series.POINT_EVERY, table_steps=series.TABLE_STEPS,
             n_heads: int | None = None,
             run_dir: str | None = None, backbone_window: tuple[int, int] | None = None, gradient_batches: int = 0,
-            gradient_every: int = 1) -> dict:
+            gradient_every: int = 1, devices: int = 1) -> dict:
     """Writes the report of one weight series (a run's snapshots or a suite's revisions, with the run's config
     and recorded forces where known) and returns its numbers. ``n_heads`` splits fused W_qkv for the spectra;
     ``run_dir`` adds the live spectra, the probe accuracy and (``gradient_batches`` > 0) the gradient probes
-    of the backbone."""
+    of the backbone; ``devices`` > 1 spreads the reading of the weights over this host's devices
+    (:func:`analysis.series.measure`)."""
     start = time.perf_counter()
     series_dir = series_data.directory
     if len(series_data.steps) < 2:
@@ -74,7 +75,7 @@ def analyze(series_data: snapshots.WeightSeries, out: str, config: ml_collection
     staging = _Staging(out)
     try:
         figs = os.path.join(staging.path, "figures")
-        data = series.measure(series_data, n_heads)
+        data = series.measure(series_data, n_heads, devices=devices)
         measured_s = time.perf_counter() - start
         parts = [series.section(data, figs, config, recorded, closed_loop_spacings, recovery_spacings, table_steps,
                                 recovery_every),

@@ -192,6 +192,33 @@ def test_chunked_reads_give_the_same_fits_and_grams(run_dir):
     np.testing.assert_allclose(whole.sq_norm, chunked.sq_norm, rtol=1e-5)
 
 
+@pytest.mark.parametrize("max_bytes", [12 << 30, 13 * 4 * 1000])  # whole slabs; ~1000 elements per read and device
+def test_slabs_split_over_eight_devices_give_the_fits_to_the_bit_and_the_sums_to_float32_rounding(run_dir, max_bytes):
+    """``measure(devices=8)`` against one device. Both sum the same n products in different orders: each
+    sum is within λ√m·u·Σ|x_i y_i| of the exact one for m terms in sequence (Higham & Mary's probabilistic
+    bound, λ = 6), here m = n on one device and n/8 then 8 on eight, and Σ|x_i y_i| ≤ ‖x‖‖y‖ bounds the
+    Gram's entries by its diagonal."""
+    path = os.path.join(run_dir, "snapshots")
+    one = series.measure(snapshots.Series(path), n_heads=4, max_bytes=max_bytes)
+    eight = series.measure(snapshots.Series(path), n_heads=4, max_bytes=max_bytes, devices=8)
+    np.testing.assert_array_equal(one.k, eight.k)
+    np.testing.assert_array_equal(one.scale, eight.scale)
+    assert sorted(one.sd) == sorted(eight.sd) and one.sd
+    for name in one.sd:  # computed from the whole matrix on one device: the same program on the same values
+        np.testing.assert_array_equal(one.sd[name], eight.sd[name])
+    bound = 6 * (np.sqrt(one.sizes) + np.sqrt(one.sizes / 8) + np.sqrt(8)) * np.finfo(np.float32).eps / 2
+    assert np.all(np.abs(one.sq_norm - eight.sq_norm) <= bound * one.sq_norm)
+    for m, (a, b) in enumerate(zip(one.grams, eight.grams)):
+        for x, y in zip(a, b):
+            x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+            ref = np.sqrt(np.abs(np.asarray(a.ref_sq_norm, np.float64)))
+            diag = np.sqrt(np.abs(np.diagonal(np.asarray(a.drift, np.float64))))
+            scale = {0: ref ** 2, 1: ref * diag, 2: np.outer(diag, diag)}[x.ndim]
+            assert np.all(np.abs(x - y) <= bound[m] * scale + 1e-30)
+    with pytest.raises(ValueError, match="--devices=9: this host has 8"):
+        series.measure(snapshots.Series(path), devices=9)
+
+
 def test_bad_run_directories_get_one_clear_message(run_dir, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
