@@ -118,6 +118,7 @@ def main() -> None:
     parser.add_argument("--dir", required=True, help="where the series is written (and left)")
     parser.add_argument("--spectra", choices=("with", "without", "both"), default="both")
     parser.add_argument("--extrapolate", type=int, default=154)
+    parser.add_argument("--devices", type=int, default=1, help="series.measure's devices (-1: all)")
     parser.add_argument("--read_ahead", default="2", help="comma list: slabs in flight (series.READ_AHEAD)")
     parser.add_argument("--read_threads", default="8", help="comma list: files read at once per slab")
     parser.add_argument("--read_orders", type=int, default=0, help="also time N cold reads of every matrix's "
@@ -137,8 +138,8 @@ def main() -> None:
           f"(written in {written:.0f} s)", flush=True)
     dd = dd_seconds(paths)
     print(f"dd, cold: {dd:.1f} s = {size / dd / 1e9:.2f} GB/s, {dd / t:.2f} s per checkpoint", flush=True)
-    results = {"device": jax.devices()[0].device_kind, "format": args.format, "preset": args.preset,
-               "checkpoints": t, "bytes": size, "dd_s": dd}
+    results = {"device": jax.devices()[0].device_kind, "devices": args.devices, "format": args.format,
+               "preset": args.preset, "checkpoints": t, "bytes": size, "dd_s": dd}
     if args.read_orders:
         results["read_orders_s"] = time_read_orders(opened, paths, args.read_orders)
     jax.monitoring.register_event_duration_secs_listener(_count_compilation)
@@ -151,7 +152,7 @@ def main() -> None:
         evict(paths)
         COMPILING.clear()
         begin = time.perf_counter()
-        data = series.measure(opened, n_heads if spectra == "with" else None)
+        data = series.measure(opened, n_heads if spectra == "with" else None, devices=args.devices)
         took, compiling = time.perf_counter() - begin, sum(COMPILING)
         key = f"{spectra}_spectra_read_ahead_{depth}_threads_{n}"
         results[f"measure_{key}_s"] = took
