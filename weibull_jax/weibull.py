@@ -61,6 +61,7 @@ def edge(i: jax.Array) -> jax.Array:
 
 
 assert np.array_equal(np.asarray(edge(np.arange(NUM_BINS + 1, dtype=np.int32)), np.float64), EDGES)
+
 # ln of each bin's log-domain midpoint: the x of the probability plot.
 LN_CENTERS = (0.5 * (EDGES[:-1] + EDGES[1:]) * np.log(10.0)).astype(np.float32)
 
