@@ -176,3 +176,20 @@ def test_gamma_closure_is_tight_on_weibull_data_and_15_percent_on_the_half_norma
 def test_fit_is_device_agnostic_in_dtype_and_shape():
     fit = weibull_jax.fit_weibull(jnp.asarray(ARRAYS["half_normal"], jnp.bfloat16))
     assert fit.k.dtype == jnp.float32 and fit.k.shape == ()
+
+
+@pytest.mark.parametrize("lanes", [1, 7, 256])
+def test_slot_counts_are_npm_weibull_bins_with_any_number_of_private_copies(lanes):
+    """The scatter-add's private copies (the GPU default is 256) are summed back to the same counts:
+    npm-weibull-py's bins, and the slots around them (below 1e-12, above 100, non-finite)."""
+    w = np.stack([_planted((30, 61)), 0.01 * RNG.standard_t(2, (30, 61))]).astype(np.float32)
+    w[0, 0, :3] = [0.0, 1e-14, 250.0]
+    w[1, 1, :2] = [np.nan, np.inf]
+    a = np.abs(w).reshape(2, -1)
+    counts = np.asarray(wb.count_rows([wb.slot_index(jnp.asarray(a))], wb.NUM_SLOTS, lanes))
+    for r in range(2):
+        finite = np.isfinite(a[r])
+        assert np.array_equal(counts[r, 1 : wb.NUM_BINS + 1], npm_weibull.extract_to_histogram(a[r][finite])["hist"])
+        assert counts[r, wb.BELOW] == np.sum(a[r] < 1e-12)
+        assert counts[r, wb.ABOVE] == np.sum(finite & (a[r] > 100.0))
+        assert counts[r, wb.NONFINITE_SLOT] == np.sum(~finite)

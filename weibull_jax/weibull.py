@@ -153,13 +153,14 @@ def _lanes() -> int:
     return 256 if jax.default_backend() == "gpu" else 1
 
 
-def count_rows(keys: Sequence[jax.Array], num_keys: int) -> jax.Array:
+def count_rows(keys: Sequence[jax.Array], num_keys: int, lanes: int | None = None) -> jax.Array:
     """Per-row ``bincount`` of several key arrays into one buffer, by chained scatter-adds.
 
     ``keys[i]`` has shape ``(r_i, n_i)`` with values in [0, num_keys); the result is ``(Σ r_i, num_keys)``
-    int32 counts, the rows of all arrays in order.
+    int32 counts, the rows of all arrays in order. ``lanes``: private copies of each row's counts (default
+    :func:`_lanes`), summed at the end.
     """
-    lanes = _lanes()
+    lanes = lanes or _lanes()
     total_rows = sum(k.shape[0] for k in keys)
     counts = jnp.zeros(total_rows * num_keys * lanes, jnp.int32)
     first = 0
