@@ -51,7 +51,7 @@ def default_span(num_values: int, block: int) -> int:
     return min(MAX_SPAN, max(block, 1 << (target - 1).bit_length()))
 
 
-def _kernel(x_ref, offset_ref, grid_ref, extra_ref, *, key_fn, n, span, block, split, dot_dtype):
+def _kernel(x_ref, offset_ref, grid_ref, extra_ref, *, key_fn, n, span, block, split, dot_dtype, late_extra):
     high, low = split
     start = pl.program_id(1) * span
     offset = offset_ref[...]
@@ -65,25 +65,27 @@ def _kernel(x_ref, offset_ref, grid_ref, extra_ref, *, key_fn, n, span, block, s
         one_hot_high = (jnp.arange(high, dtype=jnp.int32)[:, None] == (key // low)[None, :]).astype(dot_dtype)
         one_hot_low = (jnp.arange(low, dtype=jnp.int32)[None, :] == (key % low)[:, None]).astype(dot_dtype)
         grid = grid + jnp.dot(one_hot_high, one_hot_low, preferred_element_type=acc_type)
-        beyond = jnp.arange(EXTRA, dtype=jnp.int32)[None, :] == (key - high * low)[:, None]
-        extra = extra + jnp.sum(beyond.astype(jnp.float32), axis=0)
+        beyond = (jnp.arange(EXTRA, dtype=jnp.int32)[None, :] == (key - high * low)[:, None]).astype(jnp.float32)
+        extra = extra + (beyond if late_extra else jnp.sum(beyond, axis=0))
         return grid, extra
 
-    init = (jnp.zeros((high, low), acc_type), jnp.zeros((EXTRA,), jnp.float32))
+    # late_extra: the extra keys counted per value position and summed once after the loop, not every block
+    init = (jnp.zeros((high, low), acc_type), jnp.zeros((block, EXTRA) if late_extra else (EXTRA,), jnp.float32))
     grid, extra = jax.lax.fori_loop(0, span // block, count_block, init)
     grid_ref[...] = grid.astype(jnp.int32)
-    extra_ref[...] = extra.astype(jnp.int32)
+    extra_ref[...] = (jnp.sum(extra, axis=0) if late_extra else extra).astype(jnp.int32)
 
 
 def count_rows(x: jax.Array, key_fn: Callable[[jax.Array], jax.Array], num_keys: int,
                offsets: jax.Array | None = None, *, split: tuple[int, int] = (32, 32), block: int = 512,
-               span: int | None = None, num_warps: int = 4, dot_dtype=jnp.bfloat16,
+               span: int | None = None, num_warps: int = 4, dot_dtype=jnp.bfloat16, late_extra: bool = False,
                interpret: bool = False) -> jax.Array:
     """``(rows, num_keys)`` int32: row r counts ``key_fn(x[r] − offsets[r])`` (float32 in, int32 keys out).
 
     ``x`` is ``(rows, n)`` of a float dtype; keys outside [0, num_keys) are not counted, and num_keys may
     exceed H·L by at most ``EXTRA``. ``split`` = (H, L) and ``block`` are powers of two (H, L ≥ 16);
-    ``span`` (values a program counts, a multiple of ``block``) defaults to :func:`default_span`.
+    ``span`` (values a program counts, a multiple of ``block``) defaults to :func:`default_span`;
+    ``late_extra`` sums the extra keys' counts once per program instead of once per block.
     ``interpret`` runs the kernel in Pallas' interpreter (any backend; for tests)."""
     high, low = split
     if num_keys > high * low + EXTRA:
@@ -93,7 +95,7 @@ def count_rows(x: jax.Array, key_fn: Callable[[jax.Array], jax.Array], num_keys:
     programs = -(-n // span)
     offsets = jnp.zeros((rows,), jnp.float32) if offsets is None else offsets.astype(jnp.float32)
     kernel = functools.partial(_kernel, key_fn=key_fn, n=n, span=span, block=block, split=split,
-                               dot_dtype=dot_dtype)
+                               dot_dtype=dot_dtype, late_extra=late_extra)
     grid, extra = pl.pallas_call(
         kernel,
         grid=(rows, programs),
@@ -114,23 +116,25 @@ def _slot_of_value(v: jax.Array) -> jax.Array:
 
 
 DEFAULT_CONFIGS = ("32x32/512/4/bf16", "32x32/256/4/bf16", "32x32/1024/8/bf16", "64x16/512/4/bf16",
-                   "32x32/512/4/int8", "32x32/512/4/fp8", "32x32/512/8/bf16", "32x32/512/4/bf16/4")
+                   "32x32/512/4/int8", "32x32/512/4/fp8", "32x32/512/8/bf16", "32x32/512/4/bf16/4",
+                   "32x32/512/4/bf16/4/late", "32x32/256/4/bf16/4/late")
 DOT_DTYPES = {"bf16": jnp.bfloat16, "int8": jnp.int8, "fp8": jnp.float8_e4m3fn}
 
 
 def parse_config(text: str) -> dict:
-    """'HxL/block/warps/dtype[/span_factor]': span_factor multiplies the default span."""
+    """'HxL/block/warps/dtype[/span_factor[/late]]': span_factor multiplies the default span; 'late' sets
+    late_extra."""
     parts = text.split("/")
     high, low = (int(v) for v in parts[0].split("x"))
     return dict(split=(high, low), block=int(parts[1]), num_warps=int(parts[2]), dot_dtype=DOT_DTYPES[parts[3]],
-                span_factor=int(parts[4]) if len(parts) > 4 else 1)
+                span_factor=int(parts[4]) if len(parts) > 4 else 1, late_extra=parts[5:] == ["late"])
 
 
-def kernel_histogram(rows, *, split, block, num_warps, dot_dtype, span_factor, interpret):
+def kernel_histogram(rows, *, split, block, num_warps, dot_dtype, span_factor, late_extra, interpret):
     return jnp.concatenate([
         count_rows(
             r, _slot_of_value, weibull.NUM_SLOTS, split=split, block=block, num_warps=num_warps,
-            dot_dtype=dot_dtype, interpret=interpret,
+            dot_dtype=dot_dtype, late_extra=late_extra, interpret=interpret,
             span=min(MAX_SPAN, default_span(r.size, block) * span_factor))
         for r in rows])
 
