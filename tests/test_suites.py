@@ -114,16 +114,18 @@ def test_measure_reads_each_file_front_to_back(tmp_path):
     assert read != suite.matrices()
 
 
-def test_series_measures_of_a_suite_match_its_converted_checkpoints(tmp_path):
+@pytest.mark.parametrize("devices", [1, 8])
+def test_series_measures_of_a_suite_match_its_converted_checkpoints(tmp_path, devices):
     """Fits, norms and the spectra of the W_qkv parts (which need the Flax orientation) from the in-place
-    reads equal those of the eagerly converted parameter trees."""
+    reads equal those of the eagerly converted parameter trees, on one device and with the float16 slabs
+    split over eight."""
     from analysis import series
     from weibull_jax import weibull
 
     for i, step in enumerate(STEPS):
         _save(_model("neox", i), str(tmp_path / f"step{step}"), "fp16")
     suite = suites.Suite(str(tmp_path))
-    data = series.measure(suite, n_heads=4)
+    data = series.measure(suite, n_heads=4, devices=devices)
     trees = [convert.load_hf_checkpoint(folder)[1] for folder in suite.folders]
     for m, name in enumerate(data.names):
         leaves = [np.asarray(suite.unravel(name, suite.slab(name, [t]))[0]) for t in range(len(STEPS))]
