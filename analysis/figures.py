@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
 from analysis import sections  # noqa: E402
@@ -185,6 +186,8 @@ def sd_floor_by_interval(floors: dict[str, list[dict]], out_dir: str) -> str:
     ax.plot(x, first[0]["sd_variation_trunk"] * x / x[0], "k:", lw=1, label="∝ Δ")
     ax.set(xlabel="interval Δ (steps)", ylabel="SD variation ‖SD_t − SD_{t−Δ}‖, median", xscale="log",
            yscale="log", title="SD-variation floor (stable phase) vs interval")
+    ax.set_xticks(x, [f"{v:g}" for v in x])  # the intervals themselves, not log-scale minor labels
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.legend(fontsize=8)
     return _save(fig, out_dir, "sd_floor_by_interval.png")
 
