@@ -28,6 +28,7 @@ from analysis import figures, sections
 from weibull_jax import (anchor, closed_loop, forces, models, optim, snapshots, spectra, taxonomy,
                          trajectory, weibull)
 from weibull_jax import data as data_lib
+from weibull_jax import sharding as sharding_lib
 
 TRANSMISSION = taxonomy.TRANSMISSION
 TABLE_STEPS = (250, 1250, 2500, 5000, 10000, 20000)
@@ -109,8 +110,8 @@ def measure(series: snapshots.WeightSeries, n_heads: int | None = None, max_byte
     the same sums in another order (float32 rounding), the spectra are computed from the whole matrix on
     one device."""
     sharding = slab_sharding(devices)
-    parts = 1 if sharding is None else sharding.mesh.size
-    max_bytes *= parts
+    shards = 1 if sharding is None else sharding.mesh.size
+    max_bytes *= shards
     names = series.matrices()
     t = len(series.steps)
     sizes = np.asarray([math.prod(series.layout.span(n)[1]) for n in names])
@@ -123,7 +124,7 @@ def measure(series: snapshots.WeightSeries, n_heads: int | None = None, max_byte
         """A slab on the device in float32 (read and copied as stored: float16 is half the bytes)."""
         x = series.slab(names[m], read.knots, read.elements, dtype=None)
         rows, cols = read.shape
-        x = np.pad(x, ((0, 0), (0, -(-cols // parts) * parts - x.shape[1])))
+        x = np.pad(x, ((0, 0), (0, -(-cols // shards) * shards - x.shape[1])))
         x = np.pad(x, ((0, rows - x.shape[0]), (0, 0)), mode="edge")
         return jax.block_until_ready(jax.device_put(x, sharding).astype(jnp.float32))
 
@@ -161,7 +162,7 @@ def measure(series: snapshots.WeightSeries, n_heads: int | None = None, max_byte
                 sq_norm[read.knots.start:read.knots.stop, m] = np.asarray(jnp.sum(slab * slab, axis=1))[: len(read.knots)]
                 shape = series.layout.span(names[m])[1]
                 if n_heads and len(shape) == 2 and spectra.is_trunk(names[m]):
-                    whole = slab if sharding is None else jax.device_put(slab, jax.local_devices()[0])
+                    whole = slab if sharding is None else sharding_lib.on_one_device(slab)
                     trunk = spectra.trunk_matrices({names[m]: series.unravel(names[m], whole[:, : sizes[m]])},
                                                    n_heads)
                     table = np.asarray(timed("spectra", spectra.distributions_of, trunk))[:, : len(read.knots)]

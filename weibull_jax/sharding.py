@@ -138,7 +138,10 @@ def cpu_mesh(mesh: Mesh) -> bool:
 
 def on_one_device(tree: Any) -> Any:
     """A (sharded, possibly multi-host) tree whole on this host's first device: where a CPU mesh computes
-    eigensolves (:func:`cpu_mesh`). Every process must call it (it gathers across hosts)."""
+    eigensolves (:func:`cpu_mesh`). Every process must call it (it gathers across hosts); a single process
+    holds every shard and copies them device to device, not through the host."""
+    if jax.process_count() == 1:
+        return jax.device_put(tree, jax.local_devices()[0])
     from jax.experimental import multihost_utils
 
     return jax.device_put(multihost_utils.process_allgather(tree, tiled=True), jax.local_devices()[0])
