@@ -51,17 +51,16 @@ def default_span(num_values: int, block: int) -> int:
     return min(MAX_SPAN, max(block, 1 << (target - 1).bit_length()))
 
 
-def _kernel(x_ref, offset_ref, grid_ref, extra_ref, *, key_fn, n, span, block, split, dot_dtype, late_extra):
+def _kernel(x_ref, grid_ref, extra_ref, *, key_fn, n, span, block, split, dot_dtype, late_extra):
     high, low = split
     start = pl.program_id(1) * span
-    offset = offset_ref[...]
     acc_type = jnp.int32 if jnp.issubdtype(dot_dtype, jnp.integer) else jnp.float32
 
     def count_block(s, carry):
         grid, extra = carry
         mask = start + s * block + jnp.arange(block, dtype=jnp.int32) < n
         x = plt.load(x_ref.at[pl.ds(s * block, block)], mask=mask, other=0)
-        key = jnp.where(mask, key_fn(x.astype(jnp.float32) - offset), -1)
+        key = jnp.where(mask, key_fn(x.astype(jnp.float32)), -1)
         one_hot_high = (jnp.arange(high, dtype=jnp.int32)[:, None] == (key // low)[None, :]).astype(dot_dtype)
         one_hot_low = (jnp.arange(low, dtype=jnp.int32)[None, :] == (key % low)[:, None]).astype(dot_dtype)
         grid = grid + jnp.dot(one_hot_high, one_hot_low, preferred_element_type=acc_type)
@@ -76,11 +75,11 @@ def _kernel(x_ref, offset_ref, grid_ref, extra_ref, *, key_fn, n, span, block, s
     extra_ref[...] = (jnp.sum(extra, axis=0) if late_extra else extra).astype(jnp.int32)
 
 
-def count_rows(x: jax.Array, key_fn: Callable[[jax.Array], jax.Array], num_keys: int,
-               offsets: jax.Array | None = None, *, split: tuple[int, int] = (32, 32), block: int = 512,
-               span: int | None = None, num_warps: int = 4, dot_dtype=jnp.bfloat16, late_extra: bool = False,
-               interpret: bool = False) -> jax.Array:
-    """``(rows, num_keys)`` int32: row r counts ``key_fn(x[r] − offsets[r])`` (float32 in, int32 keys out).
+def tensor_core_counts(x: jax.Array, key_fn: Callable[[jax.Array], jax.Array], num_keys: int, *,
+                       split: tuple[int, int] = (32, 32), block: int = 512, span: int | None = None,
+                       num_warps: int = 4, dot_dtype=jnp.bfloat16, late_extra: bool = False,
+                       interpret: bool = False) -> jax.Array:
+    """``(rows, num_keys)`` int32: row r counts ``key_fn(x[r])`` (float32 in, int32 keys out).
 
     ``x`` is ``(rows, n)`` of a float dtype; keys outside [0, num_keys) are not counted, and num_keys may
     exceed H·L by at most ``EXTRA``. ``split`` = (H, L) and ``block`` are powers of two (H, L ≥ 16);
@@ -93,20 +92,19 @@ def count_rows(x: jax.Array, key_fn: Callable[[jax.Array], jax.Array], num_keys:
     rows, n = x.shape
     span = span or default_span(rows * n, block)
     programs = -(-n // span)
-    offsets = jnp.zeros((rows,), jnp.float32) if offsets is None else offsets.astype(jnp.float32)
     kernel = functools.partial(_kernel, key_fn=key_fn, n=n, span=span, block=block, split=split,
                                dot_dtype=dot_dtype, late_extra=late_extra)
     grid, extra = pl.pallas_call(
         kernel,
         grid=(rows, programs),
-        in_specs=[pl.BlockSpec((None, span), lambda r, c: (r, c)), pl.BlockSpec((None,), lambda r, c: (r,))],
+        in_specs=[pl.BlockSpec((None, span), lambda r, c: (r, c))],
         out_specs=[pl.BlockSpec((None, None, high, low), lambda r, c: (r, c, 0, 0)),
                    pl.BlockSpec((None, None, EXTRA), lambda r, c: (r, c, 0))],
         out_shape=[jax.ShapeDtypeStruct((rows, programs, high, low), jnp.int32),
                    jax.ShapeDtypeStruct((rows, programs, EXTRA), jnp.int32)],
         compiler_params=None if interpret else plt.CompilerParams(num_warps=num_warps),
         interpret=interpret,
-    )(x, offsets)
+    )(x)
     counts = jnp.concatenate([grid.sum(1).reshape(rows, high * low), extra.sum(1)], axis=1)
     return counts[:, :num_keys]
 
@@ -132,7 +130,7 @@ def parse_config(text: str) -> dict:
 
 def kernel_histogram(rows, *, split, block, num_warps, dot_dtype, span_factor, late_extra, interpret):
     return jnp.concatenate([
-        count_rows(
+        tensor_core_counts(
             r, _slot_of_value, weibull.NUM_SLOTS, split=split, block=block, num_warps=num_warps,
             dot_dtype=dot_dtype, late_extra=late_extra, interpret=interpret,
             span=min(MAX_SPAN, default_span(r.size, block) * span_factor))
