@@ -287,10 +287,20 @@ def _metrics(workdir):
         return [json.loads(line) for line in f]
 
 
-def _small_run(workdir, cache, steps, *flags, devices=None):
-    """A small ``train.main`` run, started (on ``devices`` simulated CPU devices; None: the suite's)."""
+# train.main with its corpus ready {seconds} s late: a host whose cache is cold while the others' are warm
+_LATE_MAIN = """import runpy, time
+from weibull_jax import data
+prepare = data.prepare
+data.prepare = lambda *args, **kwargs: (time.sleep({seconds}), prepare(*args, **kwargs))[1]
+runpy.run_module("train.main", run_name="__main__")"""
+
+
+def _small_run(workdir, cache, steps, *flags, devices=None, late_s=0):
+    """A small ``train.main`` run, started (on ``devices`` simulated CPU devices; None: the suite's), its
+    setup ``late_s`` seconds longer than it takes."""
     corpus = os.path.join(data.DEFAULT_CORPUS, "library", "a*.rst.txt")  # 29 files, 0.5 MB
-    command = [sys.executable, "-m", "train.main", f"--config={ROOT}/configs/default.py", f"--workdir={workdir}",
+    program = ["-c", _LATE_MAIN.format(seconds=late_s)] if late_s else ["-m", "train.main"]
+    command = [sys.executable, *program, f"--config={ROOT}/configs/default.py", f"--workdir={workdir}",
                f"--config.data.cache_dir={cache}", f"--config.data.corpus={corpus}", f"--config.steps={steps}",
                "--config.optimizer.warmup_steps=2", "--config.optimizer.schedule=constant", "--config.log_every=5",
                "--config.ckpt_every=10", "--config.snapshot_every=5", "--config.spectra_every=5",
@@ -316,17 +326,22 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_two_processes_train_and_checkpoint_then_one_process_resumes_on_another_device_count(tmp_path):
+def test_two_processes_one_late_train_and_checkpoint_then_one_process_resumes_on_another_device_count(tmp_path):
     """Two ``jax.distributed`` processes on localhost (2 CPU devices each, gloo collectives) train 10 steps with
     FSDP over the 4 devices and checkpoint; one process on one device resumes to step 20 (a constant learning
     rate: the schedule does not depend on the run's length). Against one process on 4 devices and an
     uninterrupted one-device run: the same metrics to float32 rounding (the reorder spread of the test above,
     ~1e-7 a step, grown over 20 steps: 1e-4 leaves a 100-fold margin), and the resumed steps see the same
-    batches (another interval's batches move the loss by more than 1e-2)."""
+    batches (another interval's batches move the loss by more than 1e-2).
+
+    Process 1 has its corpus 40 s after process 0: a first collective waits 30 s for a late process (gloo's
+    ``GetKeyValue() timed out``, which failed this test in CI on 2026-12-02 with a natural lag of both
+    processes tokenizing at once), so the run must hold every process at a barrier before it
+    (``sharding.wait_for_every_process``)."""
     cache = tmp_path / "cache"
     port = _free_port()
     _check([_small_run(tmp_path / "two", cache, 10, "--config.mesh.fsdp=-1", f"--coordinator_address=localhost:{port}",
-                       "--num_processes=2", f"--process_id={i}", devices=2) for i in range(2)])
+                       "--num_processes=2", f"--process_id={i}", devices=2, late_s=40 * i) for i in range(2)])
     _check([_small_run(tmp_path / "four", cache, 10, "--config.mesh.fsdp=-1", devices=4)])
     _check([_small_run(tmp_path / "two", cache, 20)])
     _check([_small_run(tmp_path / "one", cache, 20)])

@@ -302,6 +302,7 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
     optimizer, schedule, adam, leaf_lr = optimizer_of(config)
     params = initial_params(config, model_config)
     shardings = state_shardings(model_config, optimizer, mesh, tuple(map(tuple, config.mesh.rules)))
+    sharding.wait_for_every_process("setup")  # the corpus and the weights are ready on every host: collectives next
     state = create_train_state(model_config, optimizer, jax.random.key(config.seed), params, shardings)
     weight_decay = jax.tree.map(lambda on: config.optimizer.weight_decay if on else 0.0,
                                 optim.matrices_decay(state.params))
