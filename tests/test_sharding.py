@@ -4,9 +4,11 @@ checkpoints that move between device counts, and two real ``jax.distributed`` pr
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -295,9 +297,9 @@ data.prepare = lambda *args, **kwargs: (time.sleep({seconds}), prepare(*args, **
 runpy.run_module("train.main", run_name="__main__")"""
 
 
-def _small_run(workdir, cache, steps, *flags, devices=None, late_s=0):
+def _small_run(workdir, cache, steps, *flags, devices=None, late_s=0, log=None):
     """A small ``train.main`` run, started (on ``devices`` simulated CPU devices; None: the suite's), its
-    setup ``late_s`` seconds longer than it takes."""
+    setup ``late_s`` seconds longer than it takes, its output to the file ``log`` (None: a pipe)."""
     corpus = os.path.join(data.DEFAULT_CORPUS, "library", "a*.rst.txt")  # 29 files, 0.5 MB
     program = ["-c", _LATE_MAIN.format(seconds=late_s)] if late_s else ["-m", "train.main"]
     command = [sys.executable, *program, f"--config={ROOT}/configs/default.py", f"--workdir={workdir}",
@@ -308,7 +310,8 @@ def _small_run(workdir, cache, steps, *flags, devices=None, late_s=0):
                "--config.model.d_ff=128", "--config.model.n_layers=2", "--config.batch_size=8",
                "--config.data.seq_len=64", *flags]
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"} if devices else None
-    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log or subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
 
 
 def _check(processes, timeout=600):
@@ -353,3 +356,46 @@ def test_two_processes_one_late_train_and_checkpoint_then_one_process_resumes_on
             for key in ("loss", "grad_norm"):
                 assert abs(a[key] - b[key]) <= 1e-4 * b[key], (a["step"], key, a[key], b[key])
     assert len(os.listdir(tmp_path / "two" / "snapshots")) == 1 + 5  # the index and steps 0, 5, 10, 15, 20
+
+
+def test_a_sigterm_to_one_of_two_processes_stops_both_after_one_step_with_its_checkpoint(tmp_path):
+    """A preemption notice that reaches one host: SIGTERM to process 1 of two (FSDP over their 4 devices) once
+    checkpoint 10 is committed. Each process stopping at the step where its own notice arrived would leave the
+    other waiting in the next step's collectives; jax's preemption service names one step S for both. Both
+    save the checkpoint of S and exit 0 (process 0, never signalled, too); one process on one device resumes
+    from it to S + 10. Against an uninterrupted one-device run: every metrics line over a whole log
+    interval, before S and after it, to float32 rounding (1e-4, as above)."""
+    cache, run = tmp_path / "cache", tmp_path / "two"
+    port = _free_port()
+    logs = [open(tmp_path / f"process{i}.log", "w") for i in range(2)]
+    processes = [_small_run(run, cache, 100000, "--config.mesh.fsdp=-1", f"--coordinator_address=localhost:{port}",
+                            "--num_processes=2", f"--process_id={i}", devices=2, log=logs[i]) for i in range(2)]
+    try:
+        deadline = time.time() + 600
+        while not (run / "checkpoints" / "10").is_dir():  # orbax's commit: the rename to the step
+            assert time.time() < deadline and all(p.poll() is None for p in processes)
+            time.sleep(0.05)
+        processes[1].send_signal(signal.SIGTERM)
+        for p in processes:
+            p.wait(timeout=300)
+    finally:  # a failed wait leaves no run of 100,000 steps behind
+        for p, log in zip(processes, logs):
+            p.kill()
+            log.close()
+    outputs = [(tmp_path / f"process{i}.log").read_text() for i in range(2)]
+    assert [p.returncode for p in processes] == [0, 0], [out[-3000:] for out in outputs]
+    stopped = max(int(name) for name in os.listdir(run / "checkpoints"))
+    assert stopped > 10
+    for out in outputs:
+        assert f"SIGTERM: saved the checkpoint at step {stopped} and stopped" in out
+    assert _metrics(run)[-1]["step"] == stopped
+    _check([_small_run(run, cache, stopped + 10)])
+    _check([_small_run(tmp_path / "one", cache, stopped + 10)])
+    reference = {m["step"]: m for m in _metrics(tmp_path / "one")}
+    lines = _metrics(run)
+    whole = [b for a, b in zip([{"step": 0}] + lines, lines) if b["step"] - a["step"] == 5 and b["step"] % 5 == 0]
+    assert any(m["step"] < stopped for m in whole) and any(m["step"] > stopped for m in whole)
+    for line in whole:
+        for key in ("loss", "grad_norm"):
+            b = reference[line["step"]][key]
+            assert abs(line[key] - b) <= 1e-4 * b, (line["step"], key, line[key], b)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import os
 import signal
 import sys
@@ -32,6 +33,7 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
+from jax.experimental import multihost_utils
 
 from train import checkpoints, records
 from weibull_jax import convert, data, forces, models, optim, probe, sharding, snapshots, spectra, tree
@@ -139,6 +141,35 @@ def make_probe_eval(model_config: models.ModelConfig, eval_sets: dict[str, dict[
 def matrix_sq_norms(params: Any) -> jax.Array:
     """‖w‖² of every matrix, in :func:`matrix_names` order."""
     return jnp.stack([s.sq_norm for s in forces.norm_stats(tree.named_leaves(params)[1])])
+
+
+class PreemptionNotice:
+    """``notice(step) -> bool``: whether the run saves a checkpoint after ``step`` and stops, on a SIGTERM
+    (a scheduler's notice that the job is about to be preempted); :meth:`close` when the loop ends.
+
+    One process: whether a SIGTERM has arrived (a handler of ours until ``close``). Several processes
+    (``jax.distributed``): a host's SIGTERM, if every host gets one at all, arrives at its own step, and a
+    process that stopped alone would leave the others waiting in the next step's collectives. jax's
+    preemption service (its own SIGTERM handler, from ``jax.distributed.initialize``, which a Python handler
+    would replace) passes any host's notice to all of them and answers True at one step, the same on every
+    process; so every process asks at every step.
+    """
+
+    def __init__(self):
+        self.received = False
+        self._previous = signal.signal(signal.SIGTERM, self._receive) if jax.process_count() == 1 else None
+
+    def _receive(self, signum, frame) -> None:
+        self.received = True
+
+    def __call__(self, step: int) -> bool:
+        if jax.process_count() > 1:
+            self.received = multihost_utils.reached_preemption_sync_point(step)
+        return self.received
+
+    def close(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 def _drain(pending: list[dict]) -> dict[str, np.ndarray]:
@@ -389,8 +420,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if resumed:
         logging.info("resumed from the checkpoint at step %d", resumed)
 
-    stop = {"signal": None}
-    previous_handler = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
+    preempted = PreemptionNotice()
     sizes = np.asarray([w.size for w in tree.named_leaves(state.params)[1]], np.float64)
     # The host never waits for the device inside the loop: each log interval's metrics, each weight snapshot
     # and each checkpoint (of an on-device copy of the state, which the next step's donation cannot touch)
@@ -433,9 +463,15 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     clock = [time.perf_counter()]
     steady: dict = {}  # the clock and step once the first step (and its compilation) is done: throughput
 
-    def record(pending, sq_norms, copy, data_state, evals):
-        records.ensure_space(workdir, margin + (state_bytes if copy is not None else 0),
-                             "the next log interval and checkpoint" if copy is not None else "the next log interval")
+    # orbax's barriers inside a save are collectives (jax's sync_global_devices): with several processes, a
+    # save on the worker thread would meet the main thread's steps in another order on each process, and the
+    # two would wait for each other (two CPU processes hung at their first checkpoint before the last step).
+    # There the main thread saves, in step order, once the worker has written what the checkpoint vouches for.
+    save_on_worker = jax.process_count() == 1
+
+    def record(pending, sq_norms, evals, checkpoint: bool, save: Callable | None):
+        records.ensure_space(workdir, margin + (state_bytes if checkpoint else 0),
+                             "the next log interval and checkpoint" if checkpoint else "the next log interval")
         window = _drain(pending)
         bad = _first_non_finite(window, names)
         if bad:
@@ -446,23 +482,29 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             run.log(window, np.asarray(sq_norms), sizes, (now - clock[0]) / window["step"].size,
                     config.batch_size * config.data.seq_len, config.steps, jax.device_get(evals))
         clock[0] = now
-        if copy is not None:  # the forces file first: a checkpoint is committed only after what it vouches for
-            step = int(window["step"][-1])
-            if writer:
-                run.flush_forces(step)
-            manager.save(step, copy, data_state)  # every process: each writes its own shards
+        if checkpoint and writer:  # the forces file first: a checkpoint is committed only after what it vouches for
+            run.flush_forces(int(window["step"][-1]))
+        if save:
+            save()
 
     def submit(pending, checkpoint: bool, data_state: dict) -> None:
-        copy = jax.tree.map(jnp.copy, state) if checkpoint else None
+        # every process saves (each writes its own shards) an on-device copy, which the next step cannot donate
+        save = functools.partial(manager.save, done, jax.tree.map(jnp.copy, state), data_state) if checkpoint else None
         evals = settled(evaluate(state.params)) if evaluate and due(config.probe.eval_every, done) else {}
-        enqueue(checkpoint, record, pending, settled(sq_norms_of(state.params)), copy,
-                data_state if checkpoint else None, evals)
+        enqueue(checkpoint, record, pending, settled(sq_norms_of(state.params)), evals, checkpoint,
+                save if save_on_worker else None)
+        if save and not save_on_worker:
+            with timed("writes"):
+                while in_flight:
+                    in_flight.pop(0)[1].result()
+            save()
 
     done = resumed  # the host's count of steps taken: reading state.step would wait for the device
     pending: list[dict] = []
     feed = data.prefetch_to_device(iterator, sharding=batch_sharding)
+    stopping = False
     try:
-        while done < config.steps and stop["signal"] is None:
+        while done < config.steps and not stopping:
             with timed("data"):
                 batch, data_state = next(feed)
             state, metrics = settled(step_fn(state, batch))
@@ -472,22 +514,21 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 steady["start"] = (time.perf_counter(), done)
             pending.append({"step": done, **metrics})
             snapshot(done)
-            if done % config.log_every == 0 or done == config.steps:
-                submit(pending, done % config.ckpt_every == 0 or done == config.steps, data_state)
+            stopping = preempted(done)
+            if stopping or done % config.log_every == 0 or done == config.steps:
+                submit(pending, stopping or done % config.ckpt_every == 0 or done == config.steps, data_state)
                 pending = []
-        if stop["signal"] is not None and pending:
-            submit(pending, True, data_state)
         with timed("writes"):
             while in_flight:
                 in_flight.pop(0)[1].result()
-        if stop["signal"] is not None:
+        if stopping:
             logging.info("SIGTERM: saved the checkpoint at step %d and stopped", done)
     except OSError as e:  # a full disk, a vanished or read-only folder: where the run can resume from
         raise OSError(f"writing the run directory failed at step {done} ({e}); the last complete checkpoint is "
                       f"step {manager.latest_step() or 'none'} in {manager.directory}: free space (or fix the "
                       "folder) and rerun the same command to resume from it") from e
     finally:
-        signal.signal(signal.SIGTERM, previous_handler)
+        preempted.close()
         worker.shutdown(wait=True, cancel_futures=True)
         manager.close(failed=sys.exc_info()[0] is not None)
     throughput = None
