@@ -424,7 +424,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     sizes = np.asarray([w.size for w in tree.named_leaves(state.params)[1]], np.float64)
     # The host never waits for the device inside the loop: each log interval's metrics, each weight snapshot
     # and each checkpoint (of an on-device copy of the state, which the next step's donation cannot touch)
-    # are fetched and written by one worker thread, in order, while the main thread keeps dispatching steps.
+    # are fetched and written by one worker thread, in order, while the main thread keeps dispatching steps
+    # (with several processes the main thread saves the checkpoints itself: see save_on_worker below).
     worker = concurrent.futures.ThreadPoolExecutor(max_workers=1)
     in_flight: list[tuple[bool, concurrent.futures.Future]] = []  # (holds a copy of the weights, its task)
 
