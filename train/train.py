@@ -156,19 +156,18 @@ class PreemptionNotice:
     """
 
     def __init__(self):
-        self.received = False
-        self._previous = signal.signal(signal.SIGTERM, self._receive) if jax.process_count() == 1 else None
+        self._received = False
+        self._shared = jax.process_count() > 1  # asked of jax's service; else our handler, replaced until close
+        self._previous = None if self._shared else signal.signal(signal.SIGTERM, self._receive)
 
     def _receive(self, signum, frame) -> None:
-        self.received = True
+        self._received = True
 
     def __call__(self, step: int) -> bool:
-        if jax.process_count() > 1:
-            self.received = multihost_utils.reached_preemption_sync_point(step)
-        return self.received
+        return multihost_utils.reached_preemption_sync_point(step) if self._shared else self._received
 
     def close(self) -> None:
-        if self._previous is not None:
+        if not self._shared:
             signal.signal(signal.SIGTERM, self._previous)
 
 
@@ -444,6 +443,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             while in_flight and (in_flight[0][1].done() or sum(c for c, _ in in_flight) > 2):
                 in_flight.pop(0)[1].result()  # re-raises the worker's NonFiniteError here
 
+    def finish_writes() -> None:
+        with timed("writes"):
+            while in_flight:
+                in_flight.pop(0)[1].result()
+
     def due(every: int, step: int) -> bool:
         return bool(every) and (step % every == 0 or step == config.steps)
 
@@ -495,9 +499,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         enqueue(checkpoint, record, pending, settled(sq_norms_of(state.params)), evals, checkpoint,
                 save if save_on_worker else None)
         if save and not save_on_worker:
-            with timed("writes"):
-                while in_flight:
-                    in_flight.pop(0)[1].result()
+            finish_writes()
             save()
 
     done = resumed  # the host's count of steps taken: reading state.step would wait for the device
@@ -519,9 +521,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             if stopping or done % config.log_every == 0 or done == config.steps:
                 submit(pending, stopping or done % config.ckpt_every == 0 or done == config.steps, data_state)
                 pending = []
-        with timed("writes"):
-            while in_flight:
-                in_flight.pop(0)[1].result()
+        finish_writes()
         if stopping:
             logging.info("SIGTERM: saved the checkpoint at step %d and stopped", done)
     except OSError as e:  # a full disk, a vanished or read-only folder: where the run can resume from
