@@ -107,6 +107,24 @@ def test_tree_fit_is_one_call_and_bit_identical_to_single_fits():
     assert np.array_equal(np.asarray(tree["stacked"].k[1]), np.asarray(weibull_jax.fit_weibull(params["stacked"][1]).k))
 
 
+def test_fits_compiled_ahead_match_npm_weibull_and_fit_arrays_to_the_bit_and_check_alike():
+    """``compile_fits`` from shapes alone: npm-weibull-py's fits, ``fit_arrays``' bits, its errors."""
+    stack = np.stack([ARRAYS["weibull_k1.6"], ARRAYS["weibull_k1.6"][::-1] * 2]).astype(np.float32)
+    flat = ARRAYS["student_t3"].astype(np.float32)
+    fit = wb.compile_fits([jax.ShapeDtypeStruct(a.shape, jnp.float32) for a in (stack, flat)], trims=(0.1, 0.05))
+    ahead = fit(["stack", "flat"], [jnp.asarray(stack), jnp.asarray(flat)])
+    now = wb.fit_arrays(["stack", "flat"], [stack, flat], trims=(0.1, 0.05))
+    for per_trim_ahead, per_trim_now, trim_name in zip(ahead, now, ["mid_80", "mid_90"]):
+        for a, b in zip(per_trim_ahead, per_trim_now):
+            for x, y in zip(a, b):
+                assert np.array_equal(np.asarray(x), np.asarray(y))
+        ref = _reference(flat, trim_name)
+        assert abs(float(per_trim_ahead[1].k) - ref["k"]) <= 1e-4
+        assert abs(float(per_trim_ahead[1].scale) - ref["lambda"]) / ref["lambda"] <= 1e-4
+    with pytest.raises(ValueError, match="'flat'.*fewer than 100"):
+        fit(["stack", "flat"], [jnp.asarray(stack), jnp.zeros_like(flat)])
+
+
 def test_tree_fit_runs_inside_jit():
     params = {"a": ARRAYS["half_normal"], "b": ARRAYS["weibull_k0.8"]}
     jitted = jax.jit(weibull_jax.fit_weibull_tree)(params)

@@ -146,11 +146,19 @@ def slot_index(a: jax.Array) -> jax.Array:
     return jnp.where(jnp.isfinite(a), slot, NONFINITE_SLOT)
 
 
-def _lanes() -> int:
-    """Private copies of each histogram for the scatter-add: on a GPU, neighbouring elements of a matrix
-    fall mostly in the same few hundred bins, and 256 copies (element i adds to copy i mod 256) turn
-    contended atomics into parallel ones (7× faster on an H100); a CPU needs none."""
-    return 256 if jax.default_backend() == "gpu" else 1
+def lanes_for(row_length: int) -> int:
+    """Private copies of each histogram for the scatter-add of rows up to ``row_length`` elements.
+
+    On a GPU neighbouring elements of a matrix fall mostly in the same few hundred bins, and copies
+    (element i adds to copy i mod L) turn contended atomics into parallel ones: 256 made Pythia-70M's
+    histogram 7× faster on an H100. Longer rows want more: about one copy per 4,096 elements, between 256
+    and 1,024 (H200, 2026-12-03, ``bench_histogram.py``: Pythia-1B's 16.8 M-element rows 16.0 ms with 256,
+    13.1 ms with 1,024, 12.6 ms with 4,096, whose counters would be 16 MB a row; Pythia-70M's ≤ 1 M-element
+    rows the same with 256 or more, slower with 64). A CPU needs none.
+    """
+    if jax.default_backend() != "gpu":
+        return 1
+    return int(np.clip(2 ** round(np.log2(max(row_length, 1) / 4096)), 256, 1024))
 
 
 def count_rows(keys: Sequence[jax.Array], num_keys: int, lanes: int | None = None) -> jax.Array:
@@ -158,9 +166,9 @@ def count_rows(keys: Sequence[jax.Array], num_keys: int, lanes: int | None = Non
 
     ``keys[i]`` has shape ``(r_i, n_i)`` with values in [0, num_keys); the result is ``(Σ r_i, num_keys)``
     int32 counts, the rows of all arrays in order. ``lanes``: private copies of each row's counts (default
-    :func:`_lanes`), summed at the end.
+    :func:`lanes_for` the longest row), summed at the end.
     """
-    lanes = lanes or _lanes()
+    lanes = lanes or lanes_for(max(k.shape[1] for k in keys))
     total_rows = sum(k.shape[0] for k in keys)
     counts = jnp.zeros(total_rows * num_keys * lanes, jnp.int32)
     first = 0
@@ -374,11 +382,35 @@ def fit_arrays(names: Sequence[str], arrays: Sequence[Any], trims: Sequence[floa
     for name, w in zip(names, arrays):
         check_array(name, w)
     trims = tuple(trim_fraction(t) for t in trims)
-    table, status = _fit_arrays(tuple(arrays), trims, protocol, center)
+    return _checked_fits(names, arrays, _fit_arrays(tuple(arrays), trims, protocol, center), protocol)
+
+
+def _checked_fits(names, arrays, table_and_status, protocol: str) -> list[list[WeibullFit]]:
+    table, status = table_and_status
     if not _is_traced(arrays):
         table, status = jax.device_get((table, status))  # one transfer: the checks need it, and so do readers
         raise_on_bad(names, arrays, status, protocol)
     return _split_rows(table, arrays)
+
+
+def compile_fits(arrays: Sequence[jax.ShapeDtypeStruct], trims: Sequence[float | str] = (0.1,),
+                 protocol: str = "histogram", center: bool = False
+                 ) -> Callable[[Sequence[str], Sequence[jax.Array]], list[list[WeibullFit]]]:
+    """:func:`fit_arrays` for arrays of these shapes, dtypes and shardings, compiled now (ahead of time).
+
+    Returns ``fit(names, arrays)``, which checks and fits like :func:`fit_arrays` (the same program, so the
+    same bits) without tracing or compiling: a program that reads arrays from disk can compile its fits in
+    a thread while the first reads are in flight (``analysis.series.measure``).
+    """
+    trims = tuple(trim_fraction(t) for t in trims)
+    compiled = _fit_arrays.lower(tuple(arrays), trims, protocol, center).compile()
+
+    def fit(names: Sequence[str], concrete: Sequence[jax.Array]) -> list[list[WeibullFit]]:
+        for name, w in zip(names, concrete):
+            check_array(name, w)
+        return _checked_fits(names, concrete, compiled(tuple(concrete)), protocol)
+
+    return fit
 
 
 # --------------------------------------------------------------------------------------------------

@@ -3,12 +3,12 @@
   PYTHONPATH=. python tests/benchmarks/bench_histogram.py [--preset=pythia-70m] [--repeats=20]
 
 Counts the log10|w| slots of every block matrix of a freshly initialised model of the preset (float32, as
-in bench_weibull.py) by the library's scatter-add path (``weibull.log10_histogram`` of the magnitudes), by
-the same with other numbers of private copies (--lanes), and by the kernel below in each configuration of
---configs (split H×L, block, warps, one-hot dtype, span), each jitted over all matrices; prints the median
-of ``repeats`` warm calls, the ratio to the library's path measured in the same run, the effective read
-bandwidth, and whether the counts are identical. On a CPU the kernel runs in Pallas' interpreter
-(correctness only). Not collected by pytest.
+in bench_weibull.py) by the library's scatter-add path (``weibull.log10_histogram`` of the magnitudes; its
+number of private copies in brackets), by the same with other numbers of copies (--lanes), and by the
+kernel below in each configuration of --configs (split H×L, block, warps, one-hot dtype, span), each jitted
+over all matrices; prints the median of ``repeats`` warm calls, the ratio to the library's path measured in
+the same run, the effective read bandwidth, and whether the counts are identical. On a CPU the kernel runs
+in Pallas' interpreter (correctness only). Not collected by pytest.
 
 The kernel. Pallas' Triton backend offers no shared memory to keep private histograms in, so counting
 is a matrix product: write a slot κ < H·L as κ = L·h + l, then over a block of B values
@@ -142,7 +142,7 @@ def main() -> None:
     parser.add_argument("--preset", default="pythia-70m")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS))
-    parser.add_argument("--lanes", default="64,1024,4096", help="the scatter-add also with these numbers of "
+    parser.add_argument("--lanes", default="64,256,1024,4096", help="the scatter-add also with these numbers of "
                         "private copies (the library: 256 on a GPU)")
     args = parser.parse_args()
 
@@ -159,7 +159,8 @@ def main() -> None:
     reference = np.asarray(scatter(rows))
     base = median_seconds(lambda: scatter(rows), args.repeats)
     print(f"{'method':<28} {'ms':>9} {'vs scatter':>10} {'GB/s':>8}  identical")
-    print(f"{'scatter-add':<28} {base * 1e3:9.3f} {1.0:10.2f} {n_bytes / base / 1e9:8.0f}  -")
+    label = f"scatter-add, library ({weibull.lanes_for(max(r.shape[1] for r in rows))})"
+    print(f"{label:<28} {base * 1e3:9.3f} {1.0:10.2f} {n_bytes / base / 1e9:8.0f}  -")
     for lanes in [int(v) for v in args.lanes.split(",") if v]:
         fn = jax.jit(lambda rs, lanes=lanes: weibull.count_rows(
             [weibull.slot_index(weibull.magnitudes(r)) for r in rs], weibull.NUM_SLOTS, lanes))
