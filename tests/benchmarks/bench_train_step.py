@@ -41,6 +41,7 @@ def _tokens(args, n):
 
 def run_jax(args, forces: bool) -> dict:
     import jax
+    import kernel_table  # tests/benchmarks/kernel_table.py
 
     from train import train
     from weibull_jax import models, optim, sharding
@@ -66,11 +67,16 @@ def run_jax(args, forces: bool) -> dict:
         state, metrics = step(state, batches[i % 4])
     jax.block_until_ready(metrics)
     seconds = time.perf_counter() - start
-    if args.profile:
+    if args.profile:  # a trace of 5 steps, the step's optimized HLO, and the kernel table of both
         with jax.profiler.trace(args.profile, create_perfetto_trace=True):
             for i in range(5):
                 state, metrics = step(state, batches[i % 4])
             jax.block_until_ready(metrics)
+        hlo = step.lower(state, batches[0]).compile().as_text()
+        with open(os.path.join(args.profile, "step.hlo.txt"), "w") as f:
+            f.write(hlo)
+        with open(os.path.join(args.profile, "kernels.txt"), "w") as f:
+            f.write("\n".join(kernel_table.table(args.profile, hlo, calls=5, top=30)) + "\n")
     peak = max((d.memory_stats() or {}).get("peak_bytes_in_use", 0) for d in devices)
     return {"seconds_per_step": seconds / args.steps, "peak_bytes": peak, "loss": float(metrics["loss"]),
             "device": jax.devices()[0].device_kind, "version": f"jax {jax.__version__}"}
@@ -179,7 +185,8 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=512)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--profile", default="", help="jax variants: write a profiler trace of 5 steps here")
+    parser.add_argument("--profile", default="", help="jax variants: write a profiler trace of 5 steps and the "
+                        "step's HLO here, and print where the device time went (kernel_table.py)")
     parser.add_argument("--variant", choices=VARIANTS, help="run one variant and print its JSON (internal)")
     parser.add_argument("--mesh", choices=("none", "data", "fsdp"), default="none",
                         help="jax variants: shard the global batch over --devices (data), and the weights (fsdp)")
@@ -203,6 +210,9 @@ def main() -> None:
             print(f"{variant}: failed\n{done.stderr[-3000:]}")
             continue
         results[variant] = json.loads(done.stdout.strip().splitlines()[-1])
+        if args.profile and os.path.exists(f"{args.profile}/{variant}/kernels.txt"):
+            with open(f"{args.profile}/{variant}/kernels.txt") as f:
+                print(f"{variant}, where the device time went:\n{f.read()}")
     from weibull_jax.models import flops, preset
 
     tokens = args.batch * args.seq
