@@ -119,7 +119,8 @@ class _SlabPrograms:
     """The Gram, the row checks and the fits of every slab shape of a plan, compiled ahead of time in
     threads while the first slabs are read: compiled on first use, the compiler held the loop while the
     reads stopped at ``READ_AHEAD`` slabs (4.1 of 21.8 s for a 16-revision Pythia-1B suite on an H200,
-    2026-12-03). The programs are the jitted functions' own, so their results are the same bits."""
+    2026-12-03). The row checks and fits are the jitted functions' own programs, so the same bits; the Gram's
+    is compiled without autotuning (``GRAM_COMPILER_OPTIONS``), the same sums up to float32 reordering."""
 
     def __init__(self, reads: list[_Read], t: int, shards: int, sharding, compiler: concurrent.futures.Executor):
         def spec(shape):
@@ -210,19 +211,18 @@ def measure(series: snapshots.WeightSeries, n_heads: int | None = None, max_byte
             slab = timed("wait_for_reads", pending.pop(0).result)
             if i + READ_AHEAD < len(plan):
                 pending.append(pool.submit(load, *plan[i + READ_AHEAD]))
-            shape = slab.shape
             if len(read.knots) == t:  # the Gram: every knot, all or some elements
-                gram = programs.gram(shape)
+                gram = programs.gram(slab.shape)
                 piece = timed("gram", gram, slab)
                 grams[m] = piece if grams[m] is None else grams[m] + piece
             if read.whole_rows:
-                rows = programs.rows(shape)
-                finite, squares = map(np.asarray, timed("norms", rows, slab))
+                row_checks = programs.rows(slab.shape)
+                finite, squares = map(np.asarray, timed("norms", row_checks, slab))
                 if not finite[: len(read.knots)].all():
                     step = series.steps[read.knots.start + int(np.argmin(finite))]
                     raise ValueError(f"{names[m]} holds NaN or inf in the snapshot of step {step} in "
                                      f"{series.directory}: a diverged run; analyse the knots before it")
-                fits = programs.fits(shape)
+                fits = programs.fits(slab.shape)
                 fit = timed("fits", lambda x: fits([names[m]], [x[:, None, :]])[0][0], slab)
                 k[read.knots.start:read.knots.stop, m] = fit.k[: len(read.knots)]
                 scale[read.knots.start:read.knots.stop, m] = fit.scale[: len(read.knots)]
