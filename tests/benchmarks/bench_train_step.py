@@ -41,7 +41,6 @@ def _tokens(args, n):
 
 def run_jax(args, forces: bool) -> dict:
     import jax
-    import kernel_table  # tests/benchmarks/kernel_table.py
 
     from train import train
     from weibull_jax import models, optim, sharding
@@ -68,6 +67,7 @@ def run_jax(args, forces: bool) -> dict:
     jax.block_until_ready(metrics)
     seconds = time.perf_counter() - start
     if args.profile:  # a trace of 5 steps, the step's optimized HLO, and the kernel table of both
+        import kernel_table  # tests/benchmarks/kernel_table.py
         with jax.profiler.trace(args.profile, create_perfetto_trace=True):
             for i in range(5):
                 state, metrics = step(state, batches[i % 4])
