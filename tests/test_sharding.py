@@ -323,6 +323,13 @@ def _check(processes, timeout=600):
         assert p.returncode == 0, out[-3000:]
 
 
+def _assert_same_training(line: dict, reference: dict) -> None:
+    """One metrics line against a reference run's line of the same step: loss and gradient norm to 1e-4."""
+    for key in ("loss", "grad_norm"):
+        assert abs(line[key] - reference[key]) <= 1e-4 * reference[key], (line["step"], key, line[key],
+                                                                         reference[key])
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("localhost", 0))
@@ -353,8 +360,7 @@ def test_two_processes_one_late_train_and_checkpoint_then_one_process_resumes_on
     assert sorted(os.listdir(tmp_path / "two" / "checkpoints")) == ["10", "20"]
     for reference, lines in ((four, resumed[:2]), (one, resumed)):  # 4 devices in one process; one device
         for a, b in zip(lines, reference):
-            for key in ("loss", "grad_norm"):
-                assert abs(a[key] - b[key]) <= 1e-4 * b[key], (a["step"], key, a[key], b[key])
+            _assert_same_training(a, b)
     assert len(os.listdir(tmp_path / "two" / "snapshots")) == 1 + 5  # the index and steps 0, 5, 10, 15, 20
 
 
@@ -396,6 +402,4 @@ def test_a_sigterm_to_one_of_two_processes_stops_both_after_one_step_with_its_ch
     whole = [b for a, b in zip([{"step": 0}] + lines, lines) if b["step"] - a["step"] == 5 and b["step"] % 5 == 0]
     assert any(m["step"] < stopped for m in whole) and any(m["step"] > stopped for m in whole)
     for line in whole:
-        for key in ("loss", "grad_norm"):
-            b = reference[line["step"]][key]
-            assert abs(line[key] - b) <= 1e-4 * b, (line["step"], key, line[key], b)
+        _assert_same_training(line, reference[line["step"]])

@@ -379,14 +379,16 @@ def fit_arrays(names: Sequence[str], arrays: Sequence[Any], trims: Sequence[floa
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}; got {protocol!r}")
+    return _checked_fits(names, arrays, lambda a: _fit_arrays(a, tuple(map(trim_fraction, trims)), protocol, center),
+                         protocol)
+
+
+def _checked_fits(names, arrays, fit_table: Callable, protocol: str) -> list[list[WeibullFit]]:
+    """Every array checked, then ``fit_table`` (the fits program, jitted or compiled) run on them all, then
+    (on concrete arrays) the statuses checked, in one transfer with the table, and the rows split."""
     for name, w in zip(names, arrays):
         check_array(name, w)
-    trims = tuple(trim_fraction(t) for t in trims)
-    return _checked_fits(names, arrays, _fit_arrays(tuple(arrays), trims, protocol, center), protocol)
-
-
-def _checked_fits(names, arrays, table_and_status, protocol: str) -> list[list[WeibullFit]]:
-    table, status = table_and_status
+    table, status = fit_table(tuple(arrays))
     if not _is_traced(arrays):
         table, status = jax.device_get((table, status))  # one transfer: the checks need it, and so do readers
         raise_on_bad(names, arrays, status, protocol)
@@ -406,9 +408,7 @@ def compile_fits(arrays: Sequence[jax.ShapeDtypeStruct], trims: Sequence[float |
     compiled = _fit_arrays.lower(tuple(arrays), trims, protocol, center).compile()
 
     def fit(names: Sequence[str], concrete: Sequence[jax.Array]) -> list[list[WeibullFit]]:
-        for name, w in zip(names, concrete):
-            check_array(name, w)
-        return _checked_fits(names, concrete, compiled(tuple(concrete)), protocol)
+        return _checked_fits(names, concrete, compiled, protocol)
 
     return fit
 
