@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import glob
 import json
 import math
@@ -116,17 +117,22 @@ GRAM_COMPILER_OPTIONS = {"xla_gpu_autotune_level": 0}
 
 
 class _SlabPrograms:
-    """The Gram, the row checks and the fits of every slab shape of a plan, compiled ahead of time in
-    threads while the first slabs are read: compiled on first use, the compiler held the loop while the
-    reads stopped at ``READ_AHEAD`` slabs (4.1 of 21.8 s for a 16-revision Pythia-1B suite on an H200,
-    2026-12-03). The row checks and fits are the jitted functions' own programs, so the same bits; the Gram's
-    is compiled without autotuning (``GRAM_COMPILER_OPTIONS``), the same sums up to float32 reordering."""
+    """The Gram, the row checks, the fits and the spectra of every slab shape of a plan, compiled ahead of
+    time in threads while the first slabs are read: compiled on first use, the compiler held the loop while
+    the reads stopped at ``READ_AHEAD`` slabs (4.1 of 21.8 s for a 16-revision Pythia-1B suite on an H200,
+    2026-12-03; its spectra another 12.7 s). The row checks, fits and spectra are the library functions' own
+    programs, so the same bits; the Gram's is compiled without autotuning (``GRAM_COMPILER_OPTIONS``), the
+    same sums up to float32 reordering. ``spectra``: the (knots, m, n) shapes of the trunk matrices."""
 
-    def __init__(self, reads: list[_Read], t: int, shards: int, sharding, compiler: concurrent.futures.Executor):
+    def __init__(self, reads: list[_Read], t: int, shards: int, sharding, compiler: concurrent.futures.Executor,
+                 spectra_shapes: set[tuple[int, ...]]):
         def spec(shape):
             return jax.ShapeDtypeStruct(shape, jnp.float32, sharding=sharding)
 
         self._gram, self._rows, self._fits = {}, {}, {}
+        self._spectra = {shape: compiler.submit(spectra.compile_singular_distribution,
+                                                jax.ShapeDtypeStruct(shape, jnp.float32))
+                         for shape in sorted(spectra_shapes)}
         self.waited = 0.0  # seconds the loop waited for the compiler
         for read in reads:
             shape = _padded(read, shards)
@@ -149,6 +155,9 @@ class _SlabPrograms:
 
     def fits(self, shape):
         return self._ready(self._fits[shape])
+
+    def spectrum(self, shape):
+        return self._ready(self._spectra[shape])
 
     def _ready(self, program: concurrent.futures.Future):
         start = time.perf_counter()
@@ -180,6 +189,13 @@ def measure(series: snapshots.WeightSeries, n_heads: int | None = None, max_byte
     plan = [(m, read) for m in in_storage_order for read in _reads(t, int(sizes[m]), max_bytes)]
     grams: list[Any] = [None] * len(names)
 
+    def trunk(m: int, slab: jax.Array) -> dict[str, jax.Array]:
+        """The trunk matrices in slab ``m``'s rows, stacks (knots, m, n) (a fused W_qkv split in three); none
+        without ``n_heads`` or for another matrix."""
+        if not (n_heads and len(series.layout.span(names[m])[1]) == 2 and spectra.is_trunk(names[m])):
+            return {}
+        return spectra.trunk_matrices({names[m]: series.unravel(names[m], slab[:, : sizes[m]])}, n_heads)
+
     def load(m: int, read: _Read) -> jax.Array:
         """A slab on the device in float32 (read and copied as stored: float16 is half the bytes; padded,
         which copies it, only where a chunk or the devices need it)."""
@@ -205,7 +221,9 @@ def measure(series: snapshots.WeightSeries, n_heads: int | None = None, max_byte
     with concurrent.futures.ThreadPoolExecutor(max_workers=READ_AHEAD) as pool, \
             concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count()) as compiler:
         pending = [pool.submit(load, *p) for p in plan[:READ_AHEAD]]
-        programs = _SlabPrograms([read for _, read in plan], t, shards, sharding, compiler)
+        spectra_shapes = {part.shape for m, read in plan if read.whole_rows for part in jax.eval_shape(
+            functools.partial(trunk, m), jax.ShapeDtypeStruct(_padded(read, shards), jnp.float32)).values()}
+        programs = _SlabPrograms([read for _, read in plan], t, shards, sharding, compiler, spectra_shapes)
         for i, (m, read) in enumerate(plan):
             progress.update(i, f"reading {names[m]}, {t} knots")
             slab = timed("wait_for_reads", pending.pop(0).result)
@@ -228,14 +246,10 @@ def measure(series: snapshots.WeightSeries, n_heads: int | None = None, max_byte
                 scale[read.knots.start:read.knots.stop, m] = fit.scale[: len(read.knots)]
                 # from the rows, not the Gram: n_0 + 2c_i + H_ii cancels to noise when a matrix decays by 1e4
                 sq_norm[read.knots.start:read.knots.stop, m] = squares[: len(read.knots)]
-                shape = series.layout.span(names[m])[1]
-                if n_heads and len(shape) == 2 and spectra.is_trunk(names[m]):
-                    whole = slab if sharding is None else sharding_lib.on_one_device(slab)
-                    trunk = spectra.trunk_matrices({names[m]: series.unravel(names[m], whole[:, : sizes[m]])},
-                                                   n_heads)
-                    table = np.asarray(timed("spectra", spectra.distributions_of, trunk))[:, : len(read.knots)]
-                    for name, rows in zip(trunk, table):
-                        sd.setdefault(name, np.zeros((t, rows.shape[-1])))[read.knots.start:read.knots.stop] = rows
+                parts = timed("spectra", trunk, m, slab if sharding is None else sharding_lib.on_one_device(slab))
+                for name, part in parts.items():
+                    rows = np.asarray(timed("spectra", programs.spectrum(part.shape), part))[: len(read.knots)]
+                    sd.setdefault(name, np.zeros((t, rows.shape[-1])))[read.knots.start:read.knots.stop] = rows
             del slab
         seconds["wait_for_compiler"] = programs.waited
     progress.update(len(plan))

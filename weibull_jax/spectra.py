@@ -29,8 +29,9 @@ neither norms nor cosines).
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -45,7 +46,6 @@ _enable_x64 = (jax.enable_x64 if hasattr(jax, "enable_x64")
                else importlib.import_module("jax.experimental.x64_context").enable_x64)
 
 
-@jax.jit
 def _gram_singular_values(w: jax.Array) -> jax.Array:
     """σ_i = ‖W v_i‖ with v_i the eigenvectors of the smaller Gram matrix, in ``w``'s dtype, descending."""
     if w.shape[-1] > w.shape[-2]:
@@ -57,8 +57,10 @@ def _gram_singular_values(w: jax.Array) -> jax.Array:
     return jnp.where(s > w.shape[-1] * jnp.finfo(w.dtype).eps * s[..., :1], s, 0.0)
 
 
+@functools.partial(jax.jit, static_argnames="normalise")
 def _spectrum(w: jax.Array, normalise: bool) -> jax.Array:
-    """σ, or σ/Σσ, computed in float64 where the backend has it (not a TPU), returned in float32."""
+    """σ, or σ/Σσ, computed in float64 where the backend has it (not a TPU), returned in float32: one
+    program, called directly or inlined into a caller's jit alike."""
     if jax.default_backend() == "tpu":
         dtype, precision = jnp.float32, contextlib.nullcontext()
     else:
@@ -77,6 +79,13 @@ def singular_values(w: jax.Array) -> jax.Array:
 def singular_distribution(w: jax.Array) -> jax.Array:
     """SD = σ/Σσ (Definition 3.1), per matrix of a stack (the sum taken in float64 too)."""
     return _spectrum(w, normalise=True)
+
+
+def compile_singular_distribution(spec: jax.ShapeDtypeStruct) -> Callable[[jax.Array], jax.Array]:
+    """:func:`singular_distribution`'s own program for stacks shaped like ``spec`` (float32), compiled now,
+    so that a caller can compile it ahead, in a thread, of the loop that needs it (``analysis.series``):
+    the same bits as :func:`singular_distribution`."""
+    return _spectrum.lower(spec, normalise=True).compile()
 
 
 def sd_variation(sd_now: jax.Array, sd_before: jax.Array) -> jax.Array:
