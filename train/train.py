@@ -36,7 +36,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from train import checkpoints, records
-from weibull_jax import convert, data, forces, models, optim, probe, sharding, snapshots, spectra, tree
+from weibull_jax import convert, data, forces, fused_adamw, models, optim, probe, sharding, snapshots, spectra, tree
 
 
 @flax.struct.dataclass
@@ -76,13 +76,13 @@ def make_train_step(model_config: models.ModelConfig, optimizer: optax.GradientT
                     schedule: optax.Schedule, weight_decay: Any, adam: dict | None = None,
                     record_forces: bool = True, probe_weight: Callable | None = None,
                     leaf_lr: Callable | None = None, shardings: TrainState | None = None,
-                    batch_sharding: jax.sharding.NamedSharding | None = None) -> Callable:
+                    batch_sharding: jax.sharding.NamedSharding | None = None, fused: bool = False) -> Callable:
     """``step(state, batch) -> (state, metrics)``, jitted, donating ``state``.
 
     Args:
       weight_decay: λ_wd per leaf (a tree like the params, 0 where the decay mask is off).
-      adam: ``{"b1", "b2", "eps"}`` for an AdamW optimizer (forces from its moments); None for any other
-        optimizer (forces from the step).
+      adam: ``{"b1", "b2", "eps", "clip_norm"}`` for an AdamW optimizer (forces from its moments; clip_norm:
+        its global-norm clipping, 0 or absent: none); None for any other optimizer (forces from the step).
       record_forces: add ``metrics["forces"]``, the (matrices, 5) table of alignment, injection, decay,
         cross and wd2 (rows in :func:`matrix_names` order).
       probe_weight: λ_probe(step) for batches ``{"tokens", "probe_mask"}``: the loss is L_LM + λ_probe·L_probe
@@ -93,17 +93,40 @@ def make_train_step(model_config: models.ModelConfig, optimizer: optax.GradientT
       shardings, batch_sharding: where the state and the batch live on a mesh (:func:`state_shardings`,
         :func:`weibull_jax.sharding.batch_sharding`); the metrics come back replicated. The same function on
         any mesh: XLA adds the collectives. None: one device.
+      fused: AdamW's step and its forces in one kernel per matrix (:mod:`weibull_jax.fused_adamw`: the forces
+        without a second pass over the weights and moments) where ``adam`` and ``record_forces`` are set, the
+        mesh has one device and this JAX has Pallas' Triton backend; for a GPU (elsewhere the kernel runs in
+        Pallas' interpreter: the tests' path).
     """
     loss_fn = probe.make_loss(models.CausalLM(model_config), probe_weight)
+    fused = (fused and fused_adamw.AVAILABLE and adam is not None and record_forces
+             and (batch_sharding is None or batch_sharding.mesh.size == 1))
+    constants = None if adam is None else {k: adam[k] for k in ("b1", "b2", "eps")}
+
+    def fused_step(state: TrainState, grads, grad_norm, lr):
+        """Optax's update for the state's counts (its moments and step, unused, are left out by XLA), then
+        the moments, weights and forces from :func:`weibull_jax.fused_adamw.adamw_step`."""
+        _, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        clip = adam.get("clip_norm") or 0.0
+        scale = jnp.where(grad_norm < clip, 1.0, clip / grad_norm) if clip else 1.0
+        params, adam_state, budget = fused_adamw.adamw_step(
+            state.params, grads, forces.find_adam_state(state.opt_state), forces.find_adam_state(opt_state).count,
+            lr, weight_decay, **constants, grad_scale=scale, select=tree.is_matrix)
+        return params, forces.replace_adam_state(opt_state, adam_state), budget
 
     def step(state: TrainState, batch):
         (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, state.step)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         lr = schedule(state.step)
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": lr, **parts}
+        if fused:
+            params, opt_state, budget = fused_step(state, grads, metrics["grad_norm"], lr)
+            rows = jax.tree.leaves(budget, is_leaf=lambda x: isinstance(x, forces.Forces))
+            metrics["forces"] = jnp.stack([jnp.stack(f) for f in rows])
+            return TrainState(state.step + 1, params, opt_state), metrics
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         if record_forces:
             if adam is not None:
-                budget = forces.adamw_forces(state.params, opt_state, lr, weight_decay, **adam,
+                budget = forces.adamw_forces(state.params, opt_state, lr, weight_decay, **constants,
                                              select=tree.is_matrix)
             else:
                 eta = lr if leaf_lr is None else leaf_lr(state.params, state.step)
@@ -185,7 +208,7 @@ def optimizer_of(config: ml_collections.ConfigDict):
     adam_lr = (lambda t: schedule(t) * (o.adam_lr / o.lr)) if o.name == "muon" and o.adam_lr else None
     optimizer = optim.make_optimizer(o.name, schedule, o.weight_decay, o.b1, o.b2, o.eps, o.momentum,
                                      o.clip_norm or None, adam_learning_rate=adam_lr)
-    adam = dict(b1=o.b1, b2=o.b2, eps=o.eps) if o.name == "adamw" else None
+    adam = dict(b1=o.b1, b2=o.b2, eps=o.eps, clip_norm=o.clip_norm) if o.name == "adamw" else None
 
     def leaf_lr(params, step):  # Muon's hidden matrices at the schedule, its AdamW part at adam_lr
         return jax.tree.map(lambda on: jnp.where(on, schedule(step), adam_lr(step)), optim.hidden_matrices(params))
@@ -338,7 +361,7 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
                                 optim.matrices_decay(state.params))
     probe_weight = probe.weight_schedule(config.probe.weights) if corpus.task else None
     step_fn = make_train_step(model_config, optimizer, schedule, weight_decay, adam, config.record_forces,
-                              probe_weight, leaf_lr, shardings, batch_sharding)
+                              probe_weight, leaf_lr, shardings, batch_sharding, fused=jax.default_backend() == "gpu")
     return Setup(model_config, corpus, batches, state, step_fn, mesh, batch_sharding)
 
 

@@ -80,12 +80,16 @@ def _inner_products(w: jax.Array, u: jax.Array) -> tuple[jax.Array, jax.Array, j
     return rows if w.ndim == 1 else tuple(jnp.sum(r, axis=-1) for r in rows)
 
 
-def forces_from_direction(w: jax.Array, u: jax.Array, lr: Any, weight_decay: Any) -> Forces:
-    """The five terms for a step ``w ← w − η(u + λ_wd w)`` with update direction ``u`` (float32 sums)."""
+def forces_from_sums(wu: jax.Array, uu: jax.Array, ww: jax.Array, lr: Any, weight_decay: Any) -> Forces:
+    """The five terms from the step's three inner products ⟨w,u⟩, ‖u‖², ‖w‖² (float32)."""
     lr = jnp.asarray(lr, jnp.float32)
     wd = jnp.asarray(weight_decay, jnp.float32)
-    wu, uu, ww = _inner_products(w.astype(jnp.float32), u.astype(jnp.float32))
     return Forces(-2.0 * lr * wu, lr * lr * uu, -2.0 * lr * wd * ww, 2.0 * lr * lr * wd * wu, (lr * wd) ** 2 * ww)
+
+
+def forces_from_direction(w: jax.Array, u: jax.Array, lr: Any, weight_decay: Any) -> Forces:
+    """The five terms for a step ``w ← w − η(u + λ_wd w)`` with update direction ``u`` (float32 sums)."""
+    return forces_from_sums(*_inner_products(w.astype(jnp.float32), u.astype(jnp.float32)), lr, weight_decay)
 
 
 def _map_leaves(fn, params: Any, weight_decay: Any, select, *trees: Any) -> Any:
@@ -125,6 +129,14 @@ def find_adam_state(opt_state: Any) -> optax.ScaleByAdamState:
     if len(found) != 1:
         raise ValueError(f"expected exactly one optax ScaleByAdamState in the optimizer state, found {len(found)}")
     return found[0]
+
+
+def replace_adam_state(opt_state: Any, adam_state: optax.ScaleByAdamState) -> Any:
+    """``opt_state`` with its (single) ``ScaleByAdamState`` replaced by ``adam_state``."""
+    def is_adam(x):
+        return isinstance(x, optax.ScaleByAdamState)
+
+    return jax.tree.map(lambda x: adam_state if is_adam(x) else x, opt_state, is_leaf=is_adam)
 
 
 def adam_direction(state: optax.ScaleByAdamState, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Any:

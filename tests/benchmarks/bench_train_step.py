@@ -6,7 +6,9 @@ Forward + backward + AdamW (lr 1e-3, β = (0.9, 0.95), ε = 1e-8, weight decay 0
 random tokens, bf16 compute with float32 weights on both sides:
 
 * ``jax``: :func:`train.train.make_train_step` without forces;
-* ``jax+forces``: the same step returning the five-term budget of every parameter, read from the moments;
+* ``jax+forces``: the same step returning the five-term budget of every matrix: on a GPU and one device,
+  AdamW and the budget's sums in one kernel per matrix (``weibull_jax.fused_adamw``, as the training program
+  steps); ``jax+forces-xla``: optax's update, the budget read from the new moments in a second pass;
 * ``torch``: ``GPTNeoXForCausalLM`` (SDPA attention) under ``torch.autocast(bfloat16)`` with fused
   ``torch.optim.AdamW``, eager; ``torch.compile``: the model compiled; ``torch+forces``: eager, reading
   ``exp_avg``/``exp_avg_sq`` after each step to form the same budget (the peer's way to get the forces).
@@ -28,7 +30,7 @@ import subprocess
 import sys
 import time
 
-VARIANTS = ("jax", "jax+forces", "torch", "torch.compile", "torch+forces")
+VARIANTS = ("jax", "jax+forces", "jax+forces-xla", "torch", "torch.compile", "torch+forces")
 PEAK_BF16 = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}  # dense tensor-core FLOP/s (SXM data sheets)
 LR, B1, B2, EPS, WD, WARMUP, TOTAL = 1e-3, 0.9, 0.95, 1e-8, 0.01, 200, 20_000
 
@@ -39,7 +41,7 @@ def _tokens(args, n):
     return np.random.default_rng(0).integers(0, 50_000, (n, args.batch, args.seq), dtype=np.int32)
 
 
-def run_jax(args, forces: bool) -> dict:
+def run_jax(args, forces: bool, fused: bool) -> dict:
     import jax
 
     from train import train
@@ -55,8 +57,9 @@ def run_jax(args, forces: bool) -> dict:
     rows = None if mesh is None else sharding.batch_sharding(mesh)
     state = train.create_train_state(config, optimizer, jax.random.key(0), shardings=shardings)
     wd = jax.tree.map(lambda on: WD if on else 0.0, optim.matrices_decay(state.params))
+    fused = fused and jax.default_backend() == "gpu"  # elsewhere the kernel would run in Pallas' interpreter
     step = train.make_train_step(config, optimizer, schedule, wd, dict(b1=B1, b2=B2, eps=EPS), forces,
-                                 shardings=shardings, batch_sharding=rows)
+                                 shardings=shardings, batch_sharding=rows, fused=fused)
     batches = [jax.device_put(t) if mesh is None else sharding.global_batch(t, rows) for t in _tokens(args, 4)]
     for i in range(args.warmup):
         state, metrics = step(state, batches[i % 4])
@@ -174,7 +177,7 @@ def run_torch(args, compiled: bool, forces: bool) -> dict:
 
 def run_variant(args) -> dict:
     if args.variant.startswith("jax"):
-        return run_jax(args, forces=args.variant == "jax+forces")
+        return run_jax(args, forces=args.variant != "jax", fused=args.variant == "jax+forces")
     return run_torch(args, compiled=args.variant == "torch.compile", forces=args.variant == "torch+forces")
 
 
@@ -231,9 +234,10 @@ def main() -> None:
         causal = flops.training_flops_per_token(preset(args.preset), args.seq, causal=True)
         print(f"MFU: {per_token / 1e9:.3f} GFLOP a token (6N + 12·L·T·d_attn, PaLM's count; {causal / 1e9:.3f} with "
               f"the causal half of the attention) over {peak / 1e12:.1f} TFLOP/s dense bf16")
-    if "jax" in results and "jax+forces" in results:
-        cost = results["jax+forces"]["seconds_per_step"] / results["jax"]["seconds_per_step"] - 1
-        print(f"cost of the forces in the jitted step: {100 * cost:+.1f} %")
+    for variant in ("jax+forces", "jax+forces-xla"):
+        if "jax" in results and variant in results:
+            cost = results[variant]["seconds_per_step"] / results["jax"]["seconds_per_step"] - 1
+            print(f"cost of the forces in the jitted step ({variant}): {100 * cost:+.1f} %")
 
 
 if __name__ == "__main__":
