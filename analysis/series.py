@@ -122,7 +122,7 @@ class _SlabPrograms:
     the reads stopped at ``READ_AHEAD`` slabs (4.1 of 21.8 s for a 16-revision Pythia-1B suite on an H200,
     2026-12-03; its spectra another 12.7 s). The row checks, fits and spectra are the library functions' own
     programs, so the same bits; the Gram's is compiled without autotuning (``GRAM_COMPILER_OPTIONS``), the
-    same sums up to float32 reordering. ``spectra``: the (knots, m, n) shapes of the trunk matrices."""
+    same sums up to float32 reordering. ``spectra_shapes``: the (knots, m, n) shapes of the trunk matrices."""
 
     def __init__(self, reads: list[_Read], t: int, shards: int, sharding, compiler: concurrent.futures.Executor,
                  spectra_shapes: set[tuple[int, ...]]):

@@ -120,20 +120,19 @@ def make_train_step(model_config: models.ModelConfig, optimizer: optax.GradientT
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": lr, **parts}
         if fused:
             params, opt_state, budget = fused_step(state, grads, metrics["grad_norm"], lr)
-            rows = jax.tree.leaves(budget, is_leaf=lambda x: isinstance(x, forces.Forces))
-            metrics["forces"] = jnp.stack([jnp.stack(f) for f in rows])
-            return TrainState(state.step + 1, params, opt_state), metrics
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        if record_forces:
-            if adam is not None:
+        else:
+            updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+            budget = None
+            if record_forces and adam is not None:
                 budget = forces.adamw_forces(state.params, opt_state, lr, weight_decay, **constants,
                                              select=tree.is_matrix)
-            else:
+            elif record_forces:
                 eta = lr if leaf_lr is None else leaf_lr(state.params, state.step)
                 budget = forces.forces_from_update(state.params, updates, eta, weight_decay, select=tree.is_matrix)
+            params = optax.apply_updates(state.params, updates)
+        if record_forces:
             rows = jax.tree.leaves(budget, is_leaf=lambda x: isinstance(x, forces.Forces))
             metrics["forces"] = jnp.stack([jnp.stack(f) for f in rows])
-        params = optax.apply_updates(state.params, updates)
         return TrainState(state.step + 1, params, opt_state), metrics
 
     if shardings is None:

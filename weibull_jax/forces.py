@@ -92,12 +92,17 @@ def forces_from_direction(w: jax.Array, u: jax.Array, lr: Any, weight_decay: Any
     return forces_from_sums(*_inner_products(w.astype(jnp.float32), u.astype(jnp.float32)), lr, weight_decay)
 
 
+def per_leaf(value: Any, params: Any) -> Any:
+    """``value`` (λ_wd, η: a number or a tree like ``params``) as a tree like ``params``."""
+    if jax.tree.structure(value) == jax.tree.structure(params):
+        return value
+    return jax.tree.map(lambda _: value, params)
+
+
 def _map_leaves(fn, params: Any, weight_decay: Any, select, *trees: Any) -> Any:
     """``fn(w, wd, *rest)`` on the leaves ``select`` keeps (None on the others), λ_wd a number or a tree."""
-    if isinstance(weight_decay, (int, float)) or jax.tree.structure(weight_decay) != jax.tree.structure(params):
-        weight_decay = jax.tree.map(lambda _: weight_decay, params)
     return jax.tree.map(lambda w, *rest: fn(w, *rest) if select is None or select(w) else None,
-                        params, weight_decay, *trees)
+                        params, per_leaf(weight_decay, params), *trees)
 
 
 def forces_from_update(params: Any, updates: Any, lr: Any, weight_decay: Any = 0.0,
@@ -109,9 +114,6 @@ def forces_from_update(params: Any, updates: Any, lr: Any, weight_decay: Any = 0
     moments, up to the rounding of Δ. ``lr``: η, a number or a tree like the params (Muon's AdamW part at
     its own rate).
     """
-    if jax.tree.structure(lr) != jax.tree.structure(params):
-        lr = jax.tree.map(lambda _: lr, params)
-
     def one(w, wd, delta, eta):
         eta = jnp.asarray(eta, jnp.float32)
         inverse_lr = jnp.where(eta > 0, 1.0 / jnp.where(eta > 0, eta, 1.0), 0.0)  # a step at η = 0: no budget
@@ -119,7 +121,7 @@ def forces_from_update(params: Any, updates: Any, lr: Any, weight_decay: Any = 0
         u = -delta.astype(jnp.float32) * inverse_lr - jnp.asarray(wd, jnp.float32) * w
         return forces_from_direction(w, u, eta, wd)
 
-    return _map_leaves(one, params, weight_decay, select, updates, lr)
+    return _map_leaves(one, params, weight_decay, select, updates, per_leaf(lr, params))
 
 
 def find_adam_state(opt_state: Any) -> optax.ScaleByAdamState:

@@ -124,9 +124,6 @@ def adamw_step(params: Any, grads: Any, before: optax.ScaleByAdamState, count: j
 
     Returns (params', ``ScaleByAdamState(count, m', v')``, a tree of :class:`~weibull_jax.forces.Forces`).
     """
-    if isinstance(weight_decay, (int, float)) or jax.tree.structure(weight_decay) != jax.tree.structure(params):
-        weight_decay = jax.tree.map(lambda _: weight_decay, params)
-
     def one(w, g, m, v, wd):
         constants = scalars(b1, b2, eps, count, lr, wd, grad_scale)
         selected = select is None or select(w)
@@ -136,6 +133,6 @@ def adamw_step(params: Any, grads: Any, before: optax.ScaleByAdamState, count: j
         m, v, w_next, u = _step(g, m, v, w, constants)  # a vector, or a stack of matrices (forces per matrix)
         return w_next, m, v, forces.forces_from_direction(w, u, lr, wd) if selected else None
 
-    stepped = jax.tree.map(one, params, grads, before.mu, before.nu, weight_decay)
+    stepped = jax.tree.map(one, params, grads, before.mu, before.nu, forces.per_leaf(weight_decay, params))
     part = [jax.tree.map(lambda _, s: s[i], params, stepped) for i in range(4)]
     return part[0], optax.ScaleByAdamState(count, part[1], part[2]), part[3]
