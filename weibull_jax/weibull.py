@@ -22,14 +22,15 @@ Everything is a pure function of arrays. :func:`fit_weibull_tree` fits every mat
 compiled call (all histograms in one buffer, all lines in one batch); per-matrix results are bit-identical to
 :func:`fit_weibull` on each matrix alone, because both reduce to the same row-wise fit of integer counts.
 Inputs are checked: non-finite values, fewer than 100 usable values, integer dtypes and degenerate
-matrices raise a ``ValueError`` naming the matrix. Eager calls return numpy arrays (one transfer serves the
-checks and the reader); inside ``jax.jit`` the results stay traced, the data checks cannot raise, and a bad
-matrix gives NaN.
+matrices raise a ``ValueError`` naming the matrix. Eager calls return numpy values (a scalar per matrix, an
+array per stack; one transfer serves the checks and the reader); inside ``jax.jit`` the results stay traced,
+the data checks cannot raise, and a bad matrix gives NaN.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -289,9 +290,10 @@ def batch_shape(w: Any) -> tuple[int, ...]:
 
 
 @functools.partial(jax.jit, static_argnames=("trims", "protocol", "center"))
-def _fit_arrays(arrays: tuple[jax.Array, ...], trims: tuple[float, ...], protocol: str, center: bool):
-    """Fits of every matrix (the rows of all arrays, concatenated) as a ``(trims, 4, rows)`` table of
-    (k, λ, R², KS), and the status code of every matrix: two arrays, so reading them is one transfer.
+def _fit_arrays(arrays: tuple[jax.Array, ...], trims: tuple[float, ...], protocol: str, center: bool) -> jax.Array:
+    """Fits of every matrix (the rows of all arrays, concatenated) as one ``(4·trims + 1, rows)`` float32
+    table: (k, λ, R², KS) of each trim, then the status code of every matrix (small integers, exact in
+    float32), so that reading it all is one transfer.
 
     The histogram protocol fits all rows of all arrays as one ``(rows, NUM_BINS)`` batch; the exact
     protocol sorts the rows of each array (one sort per array)."""
@@ -310,18 +312,15 @@ def _fit_arrays(arrays: tuple[jax.Array, ...], trims: tuple[float, ...], protoco
         srt = [jnp.sort(m, axis=-1) for m in mags]
         fits = [jax.tree.map(lambda *v: jnp.concatenate(v), *[fit_sorted(s, t, b) for s, b in zip(srt, bad)])
                 for t in trims]
-    return jnp.stack([jnp.stack(f.fit) for f in fits]), fits[0].status
+    return jnp.stack([v for f in fits for v in f.fit] + [fits[0].status.astype(jnp.float32)])
 
 
 def _split_rows(table: Any, arrays: Sequence[Any]) -> list[list[WeibullFit]]:
-    """Per-trim, per-array fits from the ``(trims, 4, rows)`` table of all rows (numpy or traced)."""
-    out, first = [], 0
-    for w in arrays:
-        shape = batch_shape(w)
-        last = first + math.prod(shape)
-        out.append([WeibullFit(*(v.reshape(shape) for v in per_trim)) for per_trim in table[:, :, first:last]])
-        first = last
-    return [list(per_trim) for per_trim in zip(*out)]
+    """Per-trim, per-array fits from the ``(4·trims [+ 1], rows)`` table of all rows (numpy or traced)."""
+    shapes = [batch_shape(w) for w in arrays]
+    ends = list(itertools.accumulate(math.prod(s) for s in shapes))
+    return [[WeibullFit(*table[4 * t : 4 * t + 4, end - math.prod(shape) : end].reshape(4, *shape))
+             for shape, end in zip(shapes, ends)] for t in range(table.shape[0] // 4)]
 
 
 @functools.lru_cache(maxsize=None)
@@ -374,8 +373,9 @@ def fit_arrays(names: Sequence[str], arrays: Sequence[Any], trims: Sequence[floa
                protocol: str = "histogram", center: bool = False) -> list[list[WeibullFit]]:
     """Checked fits of several arrays (one compiled call): ``result[trim_index][array_index]``.
 
-    Called on concrete arrays, the fits come back as numpy arrays in one transfer (the checks need the
-    statuses on the host anyway); inside a ``jax.jit`` trace they stay traced arrays and nothing is checked.
+    Called on concrete arrays, the fits come back as numpy values (scalars, or arrays of a stack's batch
+    shape) in one transfer (the checks need the statuses on the host anyway); inside a ``jax.jit`` trace
+    they stay traced arrays and nothing is checked.
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}; got {protocol!r}")
@@ -385,13 +385,13 @@ def fit_arrays(names: Sequence[str], arrays: Sequence[Any], trims: Sequence[floa
 
 def _checked_fits(names, arrays, fit_table: Callable, protocol: str) -> list[list[WeibullFit]]:
     """Every array checked, then ``fit_table`` (the fits program, jitted or compiled) run on them all, then
-    (on concrete arrays) the statuses checked, in one transfer with the table, and the rows split."""
+    (on concrete arrays) the statuses checked, in the one transfer of the table, and the rows split."""
     for name, w in zip(names, arrays):
         check_array(name, w)
-    table, status = fit_table(tuple(arrays))
+    table = fit_table(tuple(arrays))
     if not _is_traced(arrays):
-        table, status = jax.device_get((table, status))  # one transfer: the checks need it, and so do readers
-        raise_on_bad(names, arrays, status, protocol)
+        table = np.asarray(table)  # one transfer: the checks need it, and so do readers
+        raise_on_bad(names, arrays, table[-1], protocol)
     return _split_rows(table, arrays)
 
 
