@@ -25,7 +25,9 @@ the step this way against 2.9 % read after optax's update (11.53 against 11.62 m
 11.29 ms). The kernel steps the 26 matrices and sums their forces in 544 µs, less than XLA's update alone of
 the same matrices (622 µs); what the forces still cost is around it: the gradients written out in float32
 and row-major for the kernel (XLA's update fused their conversion and transposition), the 26 sums of the
-blocks' sums, and the launches.
+blocks' sums, and the launches. Fewer launches are no cure: one kernel for all the matrices, each program
+stepping a span of every matrix, was slower (1.235 against 1.024 ms for Pythia-70M's 26 matrices alone,
+10.09 against 8.76 ms for Pythia-1B's 66; H200, 2026-12-03), its programs' blocks running one after another.
 """
 
 from __future__ import annotations
