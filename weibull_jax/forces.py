@@ -124,10 +124,13 @@ def forces_from_update(params: Any, updates: Any, lr: Any, weight_decay: Any = 0
     return _map_leaves(one, params, weight_decay, select, updates, per_leaf(lr, params))
 
 
+def _is_adam_state(x: Any) -> bool:
+    return isinstance(x, optax.ScaleByAdamState)
+
+
 def find_adam_state(opt_state: Any) -> optax.ScaleByAdamState:
     """The (single) ``ScaleByAdamState`` inside an optax state, however the transformations are chained."""
-    found = [s for s in jax.tree_util.tree_leaves(opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))
-             if isinstance(s, optax.ScaleByAdamState)]
+    found = [s for s in jax.tree_util.tree_leaves(opt_state, is_leaf=_is_adam_state) if _is_adam_state(s)]
     if len(found) != 1:
         raise ValueError(f"expected exactly one optax ScaleByAdamState in the optimizer state, found {len(found)}")
     return found[0]
@@ -135,10 +138,7 @@ def find_adam_state(opt_state: Any) -> optax.ScaleByAdamState:
 
 def replace_adam_state(opt_state: Any, adam_state: optax.ScaleByAdamState) -> Any:
     """``opt_state`` with its (single) ``ScaleByAdamState`` replaced by ``adam_state``."""
-    def is_adam(x):
-        return isinstance(x, optax.ScaleByAdamState)
-
-    return jax.tree.map(lambda x: adam_state if is_adam(x) else x, opt_state, is_leaf=is_adam)
+    return jax.tree.map(lambda x: adam_state if _is_adam_state(x) else x, opt_state, is_leaf=_is_adam_state)
 
 
 def adam_direction(state: optax.ScaleByAdamState, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Any:

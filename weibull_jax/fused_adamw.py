@@ -5,8 +5,9 @@ every step, with u = m̂/(√v̂ + ε) the Adam direction. Read after optax's up
 w, m and v (12 bytes a weight, after the update's 28: read g, m, v, w, write m, v, w): XLA fuses each leaf's
 update into one kernel but not the sums with it, however they are written (from the new moments, from the
 gradient and the old moments, or from the step Δ: +2.8 %, +4.4 %, +3.6 % of the Pythia-70M step against no
-forces on an H200, 2026-12-03, a scratch probe of three timings each). Here one kernel per matrix does both. Each program takes a block of the
-flattened matrix and computes, operation for operation as optax's ``adamw`` (behind its global-norm clip),
+forces on an H200, 2026-12-03, a scratch probe of three timings each). Here one kernel per matrix does both.
+Each program takes a block of the flattened matrix and computes, operation for operation as optax's
+``adamw`` (behind its global-norm clip),
 
 .. math:: \tilde g = s\,g,\quad m' = (1-\beta_1)\tilde g + \beta_1 m,\quad v' = (1-\beta_2)\tilde g^2 + \beta_2 v,
    \quad u = \frac{m'/c_1}{\sqrt{v'/c_2} + \epsilon},\quad w' = w + (-\eta)(u + \lambda w),

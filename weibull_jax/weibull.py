@@ -318,9 +318,9 @@ def _fit_arrays(arrays: tuple[jax.Array, ...], trims: tuple[float, ...], protoco
 def _split_rows(table: Any, arrays: Sequence[Any]) -> list[list[WeibullFit]]:
     """Per-trim, per-array fits from the ``(4·trims [+ 1], rows)`` table of all rows (numpy or traced)."""
     shapes = [batch_shape(w) for w in arrays]
-    ends = list(itertools.accumulate(math.prod(s) for s in shapes))
-    return [[WeibullFit(*table[4 * t : 4 * t + 4, end - math.prod(shape) : end].reshape(4, *shape))
-             for shape, end in zip(shapes, ends)] for t in range(table.shape[0] // 4)]
+    starts = list(itertools.accumulate((math.prod(s) for s in shapes), initial=0))
+    return [[WeibullFit(*table[4 * t : 4 * t + 4, first:last].reshape(4, *shape))
+             for shape, first, last in zip(shapes, starts, starts[1:])] for t in range(table.shape[0] // 4)]
 
 
 @functools.lru_cache(maxsize=None)
