@@ -67,7 +67,10 @@ def _force_bounds(w, u, du, lr, wd, terms):
     return np.asarray([2 * lr * wu, lr * lr * uu, 2 * lr * wd * ww, 2 * lr * lr * wd * wu, (lr * wd) ** 2 * ww])
 
 
-def test_fused_step_and_forces_match_float64_and_optax_within_their_rounding():
+@pytest.mark.parametrize("grad_dtype", [jnp.float32, jnp.bfloat16])
+def test_fused_step_and_forces_match_float64_and_optax_within_their_rounding(grad_dtype):
+    """With bfloat16 gradients (the training step's: models.cast_kernels) the kernel reads them as their
+    float32 values, which optax and the float64 reference get."""
     params, loss = _model()
     mask = {"w_in": True, "bias": False, "w_out": True}
     wd_tree = {k: WD if on else 0.0 for k, on in mask.items()}
@@ -76,13 +79,14 @@ def test_fused_step_and_forces_match_float64_and_optax_within_their_rounding():
     state = opt.init(params)
     lr = 1e-2
     for t in range(1, 4):
-        grads = jax.grad(loss)(params)
+        given = jax.tree.map(lambda g: g.astype(grad_dtype), jax.grad(loss)(params))
+        grads = jax.tree.map(lambda g: g.astype(jnp.float32), given)
         norm = optax.tree.norm(grads)
         scale = jnp.where(norm < CLIP, 1.0, CLIP / norm)
         updates, new_state = opt.update(grads, state, params)
         before, after = forces.find_adam_state(state), forces.find_adam_state(new_state)
         got_params, got_adam, got_forces = fused_adamw.adamw_step(
-            params, grads, before, after.count, lr, wd_tree, B1, B2, EPS, scale, select=tree.is_matrix)
+            params, given, before, after.count, lr, wd_tree, B1, B2, EPS, scale, select=tree.is_matrix)
         ref_forces = forces.adamw_forces(params, new_state, lr, wd_tree, B1, B2, EPS, select=tree.is_matrix)
         assert int(got_adam.count) == t and got_forces["bias"] is None
         optax_params = optax.apply_updates(params, updates)
@@ -127,3 +131,4 @@ def test_the_kernel_counts_every_weight_once_whatever_the_block():
     np.testing.assert_allclose(small[3][2], np.sum(w64 * w64), rtol=(64 + 60) * U32)
     np.testing.assert_allclose(large[3][2], np.sum(w64 * w64), rtol=(2048 + 8) * U32)
     np.testing.assert_allclose(small[3][:2], large[3][:2], rtol=2 * (2048 + 60) * U32)
+

@@ -112,6 +112,32 @@ def test_bfloat16_compute_tracks_float32():
     assert np.abs(np.asarray(half, np.float32) - np.asarray(full)).max() < 0.05 * np.abs(np.asarray(full)).max()
 
 
+@pytest.mark.parametrize("name", ["pythia-14m", "llama-70m", "gpt2-51m"])
+def test_kernels_cast_ahead_give_the_same_loss_and_gradients_in_the_compute_dtype(name):
+    """cast_kernels: the loss is the same bits, each kernel's gradient comes out in bfloat16 and equals, in
+    float32, autodiff's gradient of the float32 kernel (the GEMM's bfloat16 output, converted); the other
+    leaves' gradients are unchanged. A kernel cast to a coarser dtype, or left float32, fails."""
+    config = models.preset(name, d_model=64, n_heads=4, n_layers=2, d_ff=128, vocab_size=97, dtype="bfloat16")
+    params = models.init_params(config, jax.random.key(0))
+    tokens = jax.random.randint(jax.random.key(1), (2, 16), 0, 97)
+
+    def loss(p):
+        return models.next_token_loss(models.CausalLM(config).apply({"params": p}, tokens), tokens)
+
+    want_loss, want = jax.jit(jax.value_and_grad(loss))(params)
+    cast = models.cast_kernels(params, config)
+    got_loss, got = jax.jit(jax.value_and_grad(loss))(cast)
+    assert float(got_loss) == float(want_loss)
+    kernels = 0
+    leaves = zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want), jax.tree.leaves(cast))
+    for (path, g), w, c in leaves:
+        is_kernel = tree.path_name(path).endswith(".kernel")
+        kernels += is_kernel
+        assert g.dtype == c.dtype == (jnp.bfloat16 if is_kernel else jnp.float32), tree.path_name(path)
+        np.testing.assert_array_equal(np.asarray(g, np.float32), w, err_msg=tree.path_name(path))
+    assert kernels == 2 * {"pythia-14m": 4, "llama-70m": 7, "gpt2-51m": 6}[name] + 1  # the layers' and the head's
+
+
 def test_next_token_loss_and_its_gradient_against_the_closed_form():
     rng = np.random.default_rng(0)
     logits = rng.normal(0, 3, (2, 7, 13))

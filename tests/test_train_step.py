@@ -12,8 +12,8 @@ WD = 0.1
 NEEDS_KERNEL = pytest.mark.skipif(not fused_adamw.AVAILABLE, reason="this JAX has no Pallas Triton backend")
 
 
-def _tiny(name: str, clip_norm: float = 0.0):
-    config = models.preset("pythia-14m", d_model=32, n_heads=4, n_layers=2, d_ff=64, vocab_size=61)
+def _tiny(name: str, clip_norm: float = 0.0, dtype: str = "float32"):
+    config = models.preset("pythia-14m", d_model=32, n_heads=4, n_layers=2, d_ff=64, vocab_size=61, dtype=dtype)
     schedule = optim.learning_rate_schedule("cosine", 3e-3, 100, 5)
     optimizer = optim.make_optimizer(name, schedule, WD, b1=0.9, b2=0.95, clip_norm=clip_norm or None)
     state = train.create_train_state(config, optimizer, jax.random.key(0))
@@ -49,14 +49,16 @@ def test_step_records_a_closing_budget_for_every_matrix(name, fused):
 
 
 @NEEDS_KERNEL
-def test_fused_step_follows_optaxs_with_clipping():
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_fused_step_follows_optaxs_with_clipping(dtype):
     """Eight steps along optax's trajectory with the gradient clipped (clip 0.05: every step here), each
     step taken by both from the same state and batch: the fused step's weights, moments, counts and forces
     against optax's. They differ by the update's float32 rounding (tests/test_fused_adamw.py: |δw'| ≲
     4u|w'| + 72u·η, u = 2⁻²⁴, here ≤ 2.4e-7|w| + 1e-9; the moments' rounding scales with their terms, not
     with their cancelling sum), far below the 1e-5 asserted; a wrong count, learning rate, clip or decay
-    moves the weights by O(η) = 1e-3 relative and more."""
-    config, schedule, optimizer, state, wd, adam = _tiny("adamw", clip_norm=0.05)
+    moves the weights by O(η) = 1e-3 relative and more. In bfloat16 the fused step takes the kernels'
+    gradients in bfloat16 (models.cast_kernels), optax the same values in float32."""
+    config, schedule, optimizer, state, wd, adam = _tiny("adamw", clip_norm=0.05, dtype=dtype)
     fused = train.make_train_step(config, optimizer, schedule, wd, adam, fused=True)
     reference = train.make_train_step(config, optimizer, schedule, wd, adam)
     tokens = jax.random.randint(jax.random.key(1), (4, 16), 0, 61)

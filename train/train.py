@@ -103,23 +103,27 @@ def make_train_step(model_config: models.ModelConfig, optimizer: optax.GradientT
              and (batch_sharding is None or batch_sharding.mesh.size == 1))
     constants = None if adam is None else {k: adam[k] for k in ("b1", "b2", "eps")}
 
-    def fused_step(state: TrainState, grads, grad_norm, lr):
+    def fused_step(state: TrainState, grads, raw_grads, grad_norm, lr):
         """Optax's update for the state's counts (its moments and step, unused, are left out by XLA), then
-        the moments, weights and forces from :func:`weibull_jax.fused_adamw.adamw_step`."""
+        the moments, weights and forces from :func:`weibull_jax.fused_adamw.adamw_step` of the gradients as
+        autodiff gave them (``raw_grads``: the kernels' in the compute dtype)."""
         _, opt_state = optimizer.update(grads, state.opt_state, state.params)
         clip = adam.get("clip_norm") or 0.0
         scale = jnp.where(grad_norm < clip, 1.0, clip / grad_norm) if clip else 1.0
         params, adam_state, budget = fused_adamw.adamw_step(
-            state.params, grads, forces.find_adam_state(state.opt_state), forces.find_adam_state(opt_state).count,
+            state.params, raw_grads, forces.find_adam_state(state.opt_state), forces.find_adam_state(opt_state).count,
             lr, weight_decay, **constants, grad_scale=scale, select=tree.is_matrix)
         return params, forces.replace_adam_state(opt_state, adam_state), budget
 
     def step(state: TrainState, batch):
-        (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, state.step)
+        # Fused: the kernels' gradients in the compute dtype, converted by the kernel as it reads them
+        weights = models.cast_kernels(state.params, model_config) if fused else state.params
+        (loss, parts), raw_grads = jax.value_and_grad(loss_fn, has_aux=True)(weights, batch, state.step)
+        grads = jax.tree.map(lambda g, w: g.astype(w.dtype), raw_grads, state.params)
         lr = schedule(state.step)
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": lr, **parts}
         if fused:
-            params, opt_state, budget = fused_step(state, grads, metrics["grad_norm"], lr)
+            params, opt_state, budget = fused_step(state, grads, raw_grads, metrics["grad_norm"], lr)
         else:
             updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
             budget = None

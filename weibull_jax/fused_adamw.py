@@ -29,6 +29,9 @@ and row-major for the kernel (XLA's update fused their conversion and transposit
 blocks' sums, and the launches. Fewer launches are no cure: one kernel for all the matrices, each program
 stepping a span of every matrix, was slower (1.235 against 1.024 ms for Pythia-70M's 26 matrices alone,
 10.09 against 8.76 ms for Pythia-1B's 66; H200, 2026-12-03), its programs' blocks running one after another.
+The kernel reads g in its own dtype: given the projections' gradients in bfloat16 (the training step's,
+``models.cast_kernels``) the forces cost 1.3–1.9 % of the Pythia-70M step against 1.7–2.4 % with float32
+gradients, and 0.75 % against 1.15 % of Pythia-1B's (H200, 2026-12-03, same calls; README, Speed).
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ def _step(g, m, v, w, scalars):
 def _kernel(scalars_ref, g_ref, m_ref, v_ref, w_ref, m_out, v_out, w_out, sums_out, *, n: int, block: int):
     mask = pl.program_id(0) * block + jnp.arange(block, dtype=jnp.int32) < n
     scalars = [scalars_ref[i] for i in range(10)]
-    g, m, v, w = (plt.load(ref, mask=mask, other=0.0) for ref in (g_ref, m_ref, v_ref, w_ref))
+    g, m, v, w = (plt.load(ref, mask=mask, other=0.0).astype(jnp.float32) for ref in (g_ref, m_ref, v_ref, w_ref))
     m, v, new_w, u = _step(g, m, v, w, scalars)  # beyond n: g = m = v = w = 0, so u = 0 and nothing is added
     for ref, x in ((m_out, m), (v_out, v), (w_out, new_w)):
         plt.store(ref, x, mask=mask)
@@ -80,8 +83,9 @@ def _kernel(scalars_ref, g_ref, m_ref, v_ref, w_ref, m_out, v_out, w_out, sums_o
 def step_matrix(g: jax.Array, m: jax.Array, v: jax.Array, w: jax.Array, scalars: jax.Array, *,
                 block: int = BLOCK, num_warps: int = NUM_WARPS, interpret: bool | None = None):
     """One leaf through the kernel: (m', v', w', (Σwu, Σu², Σw²)), float32; ``scalars`` from :func:`scalars`.
-    m, v and w are updated in place where the caller donates them. ``interpret``: run the kernel in Pallas'
-    interpreter; None: on any backend but a GPU."""
+    g is read in its own dtype and converted in the kernel (a bfloat16 gradient: half the bytes, see
+    :func:`weibull_jax.models.layers.cast_kernels`); m, v and w are updated in place where the caller donates
+    them. ``interpret``: run the kernel in Pallas' interpreter; None: on any backend but a GPU."""
     interpret = jax.default_backend() != "gpu" if interpret is None else interpret
     shape, n = w.shape, w.size
     programs = -(-n // block)
@@ -95,7 +99,7 @@ def step_matrix(g: jax.Array, m: jax.Array, v: jax.Array, w: jax.Array, scalars:
         input_output_aliases={2: 0, 3: 1, 4: 2},
         compiler_params=None if interpret else plt.CompilerParams(num_warps=num_warps),
         interpret=interpret,
-    )(scalars, *(x.reshape(n).astype(jnp.float32) for x in (g, m, v, w)))
+    )(scalars, g.reshape(n), *(x.reshape(n).astype(jnp.float32) for x in (m, v, w)))
     totals = jnp.sum(sums, axis=0)
     return m.reshape(shape), v.reshape(shape), w.reshape(shape), (totals[0], totals[1], totals[2])
 
@@ -116,7 +120,8 @@ def adamw_step(params: Any, grads: Any, before: optax.ScaleByAdamState, count: j
     """One AdamW step of every leaf and the forces of the leaves ``select`` keeps.
 
     Args:
-      params, grads: the weights before the step and their gradients (trees alike).
+      params, grads: the weights before the step and their gradients (trees alike; the gradients in any float
+        dtype, taken to float32 as they are read).
       before: the optimizer's ``ScaleByAdamState`` before the step; ``count``: this step's t (optax's new count).
       lr: η of this step; weight_decay: λ, a number or a tree like ``params`` (0 where the decay mask is off).
       grad_scale: the global-norm clipping factor optax's ``clip_by_global_norm`` would apply (1: none).
@@ -133,7 +138,8 @@ def adamw_step(params: Any, grads: Any, before: optax.ScaleByAdamState, count: j
         if selected and w.ndim == 2:
             m, v, w_next, sums = step_matrix(g, m, v, w, constants, interpret=interpret)
             return w_next, m, v, forces.forces_from_sums(*sums, lr, wd)
-        m, v, w_next, u = _step(g, m, v, w, constants)  # a vector, or a stack of matrices (forces per matrix)
+        # a vector, or a stack of matrices (forces per matrix)
+        m, v, w_next, u = _step(g.astype(jnp.float32), m, v, w, constants)
         return w_next, m, v, forces.forces_from_direction(w, u, lr, wd) if selected else None
 
     stepped = jax.tree.map(one, params, grads, before.mu, before.nu, forces.per_leaf(weight_decay, params))

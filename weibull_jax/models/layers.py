@@ -39,6 +39,20 @@ def projection(config: ModelConfig, features: int, stddev: float, use_bias: bool
                     bias_init=named(nn.initializers.zeros_init(), axes[1]), name=name)
 
 
+def cast_kernels(params: dict, config: ModelConfig) -> dict:
+    """The projections' kernels (every leaf named ``kernel``) in the compute dtype; the other leaves as they are.
+
+    ``nn.Dense`` casts its float32 kernel to the compute dtype before the product, so casting first gives
+    the same forward bits. The gradient then stays in the compute dtype: each kernel enters one product,
+    whose output is its gradient, and autodiff no longer converts it to float32 in a pass of its own (the
+    transpose of the cast). Converted, it is the same float32 number, so a consumer that converts it while
+    reading (``weibull_jax.fused_adamw``) gets optax's inputs and reads half the bytes.
+    """
+    dtype = compute_dtype(config)
+    return jax.tree_util.tree_map_with_path(
+        lambda path, x: x.astype(dtype) if getattr(path[-1], "key", None) == "kernel" else x, params)
+
+
 def rotary(x: jax.Array, positions: jax.Array, rotary_dim: int, base: float) -> jax.Array:
     r"""Rotary position embedding on the first ``rotary_dim`` dimensions of each head (GPT-NeoX layout).
 
