@@ -131,4 +131,3 @@ def test_the_kernel_counts_every_weight_once_whatever_the_block():
     np.testing.assert_allclose(small[3][2], np.sum(w64 * w64), rtol=(64 + 60) * U32)
     np.testing.assert_allclose(large[3][2], np.sum(w64 * w64), rtol=(2048 + 8) * U32)
     np.testing.assert_allclose(small[3][:2], large[3][:2], rtol=2 * (2048 + 60) * U32)
-

@@ -71,7 +71,8 @@ def _step(g, m, v, w, scalars):
 def _kernel(scalars_ref, g_ref, m_ref, v_ref, w_ref, m_out, v_out, w_out, sums_out, *, n: int, block: int):
     mask = pl.program_id(0) * block + jnp.arange(block, dtype=jnp.int32) < n
     scalars = [scalars_ref[i] for i in range(10)]
-    g, m, v, w = (plt.load(ref, mask=mask, other=0.0).astype(jnp.float32) for ref in (g_ref, m_ref, v_ref, w_ref))
+    g = plt.load(g_ref, mask=mask, other=0.0).astype(jnp.float32)  # g in its own dtype; m, v, w are float32
+    m, v, w = (plt.load(ref, mask=mask, other=0.0) for ref in (m_ref, v_ref, w_ref))
     m, v, new_w, u = _step(g, m, v, w, scalars)  # beyond n: g = m = v = w = 0, so u = 0 and nothing is added
     for ref, x in ((m_out, m), (v_out, v), (w_out, new_w)):
         plt.store(ref, x, mask=mask)

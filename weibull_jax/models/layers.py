@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from weibull_jax import anchor
+from weibull_jax import anchor, tree
 from weibull_jax.models.presets import ModelConfig
 
 
@@ -50,7 +50,7 @@ def cast_kernels(params: dict, config: ModelConfig) -> dict:
     """
     dtype = compute_dtype(config)
     return jax.tree_util.tree_map_with_path(
-        lambda path, x: x.astype(dtype) if getattr(path[-1], "key", None) == "kernel" else x, params)
+        lambda path, x: x.astype(dtype) if tree.key_name(path[-1]) == "kernel" else x, params)
 
 
 def rotary(x: jax.Array, positions: jax.Array, rotary_dim: int, base: float) -> jax.Array:
