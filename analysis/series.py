@@ -36,7 +36,10 @@ TABLE_STEPS = (250, 1250, 2500, 5000, 10000, 20000)
 RISE_PHASE = 5000  # the forces paper's rise phase: steps 1 … 5000 (§4.1)
 POINT_WINDOW = 50  # a table step's shares are those of the 50 steps ending at it
 POINT_EVERY = 50  # the pointwise recovery's steps: the forces paper's recorded-step cadence
-READ_AHEAD = 2  # slabs read (eight files at a time each) and copied to the device while the device works
+# Slabs read (eight files at a time each) and copied to the device while the device works: enough to go on
+# reading while a block's spectra are solved (a 16-revision Pythia-1B suite on an H200, cold: 41.4 s with 2,
+# 29.5 s with 4, 31.7 s with 8; `dd` 21-23 s)
+READ_AHEAD = 4
 
 
 @dataclasses.dataclass
@@ -122,7 +125,8 @@ class _SlabPrograms:
     the reads stopped at ``READ_AHEAD`` slabs (4.1 of 21.8 s for a 16-revision Pythia-1B suite on an H200,
     2026-12-03; its spectra another 12.7 s). The row checks, fits and spectra are the library functions' own
     programs, so the same bits; the Gram's is compiled without autotuning (``GRAM_COMPILER_OPTIONS``), the
-    same sums up to float32 reordering. ``spectra_shapes``: the (knots, m, n) shapes of the trunk matrices."""
+    same sums up to float32 reordering. ``spectra_shapes``: per group of slabs (:func:`_spectra_groups`), the
+    (knots, m, n) shapes of their trunk matrices (one program a group: one batched eigensolve a Gram size)."""
 
     def __init__(self, reads: list[_Read], t: int, shards: int, sharding, compiler: concurrent.futures.Executor,
                  spectra_shapes: set[tuple[int, ...]]):
@@ -130,9 +134,9 @@ class _SlabPrograms:
             return jax.ShapeDtypeStruct(shape, jnp.float32, sharding=sharding)
 
         self._gram, self._rows, self._fits = {}, {}, {}
-        self._spectra = {shape: compiler.submit(spectra.compile_singular_distribution,
-                                                jax.ShapeDtypeStruct(shape, jnp.float32))
-                         for shape in sorted(spectra_shapes)}
+        self._spectra = {shapes: compiler.submit(spectra.compile_singular_distributions,
+                                                 [jax.ShapeDtypeStruct(shape, jnp.float32) for shape in shapes])
+                         for shapes in sorted(spectra_shapes)}
         self.waited = 0.0  # seconds the loop waited for the compiler
         for read in reads:
             shape = _padded(read, shards)
@@ -156,14 +160,36 @@ class _SlabPrograms:
     def fits(self, shape):
         return self._ready(self._fits[shape])
 
-    def spectrum(self, shape):
-        return self._ready(self._spectra[shape])
+    def spectra(self, shapes):
+        return self._ready(self._spectra[shapes])
 
     def _ready(self, program: concurrent.futures.Future):
         start = time.perf_counter()
         out = program.result()
         self.waited += time.perf_counter() - start
         return out
+
+
+def _spectra_groups(names: list[str], part_shapes: list[dict[str, tuple[int, ...]]], max_bytes: int
+                    ) -> list[list[int]]:
+    """The reads (indices into the plan, whose matrices are ``names``) whose trunk matrices (``part_shapes``)
+    have their spectra taken together: those of one block, up to ``max_bytes`` of float32 matrices. On a GPU
+    the eigensolver's time grows slowly from a floor per call (cuSOLVER's batched solver on an H200, float64
+    2048 × 2048 Grams: 260 ms for 16, 1,075 ms for 96), so a block of a 16-revision Pythia-1B series (its six
+    trunk matrices, W_qkv split: 96 Grams) costs one call of 96 instead of six of 16 (~1,560 ms)."""
+    groups: list[list[int]] = []
+    block, size = None, 0
+    for i, (name, shapes) in enumerate(zip(names, part_shapes)):
+        if not shapes:
+            continue
+        nbytes = sum(4 * math.prod(shape) for shape in shapes.values())
+        if groups and taxonomy.describe(name).block == block and size + nbytes <= max_bytes:
+            groups[-1].append(i)
+            size += nbytes
+        else:
+            groups.append([i])
+            block, size = taxonomy.describe(name).block, nbytes
+    return groups
 
 
 def measure(series: snapshots.WeightSeries, n_heads: int | None = None, max_bytes: int = 12 << 30,
@@ -221,8 +247,14 @@ def measure(series: snapshots.WeightSeries, n_heads: int | None = None, max_byte
     with concurrent.futures.ThreadPoolExecutor(max_workers=READ_AHEAD) as pool, \
             concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count()) as compiler:
         pending = [pool.submit(load, *p) for p in plan[:READ_AHEAD]]
-        spectra_shapes = {part.shape for m, read in plan if read.whole_rows for part in jax.eval_shape(
-            functools.partial(trunk, m), jax.ShapeDtypeStruct(_padded(read, shards), jnp.float32)).values()}
+        part_shapes = [{name: part.shape for name, part in jax.eval_shape(functools.partial(trunk, m), (
+            jax.ShapeDtypeStruct(_padded(read, shards), jnp.float32))).items()} if read.whole_rows else {}
+            for m, read in plan]
+        groups = _spectra_groups([names[m] for m, _ in plan], part_shapes, max_bytes // shards)
+        group_shapes = {group[-1]: tuple(shape for i in group for shape in part_shapes[i].values())
+                        for group in groups}
+        spectra_shapes = set(group_shapes.values())
+        unsolved: dict[tuple[str, range], jax.Array] = {}  # the trunk matrices of the group read so far
         programs = _SlabPrograms([read for _, read in plan], t, shards, sharding, compiler, spectra_shapes)
         for i, (m, read) in enumerate(plan):
             progress.update(i, f"reading {names[m]}, {t} knots")
@@ -247,9 +279,13 @@ def measure(series: snapshots.WeightSeries, n_heads: int | None = None, max_byte
                 # from the rows, not the Gram: n_0 + 2c_i + H_ii cancels to noise when a matrix decays by 1e4
                 sq_norm[read.knots.start:read.knots.stop, m] = squares[: len(read.knots)]
                 parts = timed("spectra", trunk, m, slab if sharding is None else sharding_lib.on_one_device(slab))
-                for name, part in parts.items():
-                    rows = np.asarray(timed("spectra", programs.spectrum(part.shape), part))[: len(read.knots)]
-                    sd.setdefault(name, np.zeros((t, rows.shape[-1])))[read.knots.start:read.knots.stop] = rows
+                unsolved.update({(name, read.knots): part for name, part in parts.items()})
+                if i in group_shapes:  # the group's last slab: its spectra in one program
+                    program = programs.spectra(group_shapes[i])
+                    for (name, knots), rows in zip(unsolved, timed("spectra", program, list(unsolved.values()))):
+                        rows = np.asarray(rows)[: len(knots)]
+                        sd.setdefault(name, np.zeros((t, rows.shape[-1])))[knots.start:knots.stop] = rows
+                    unsolved.clear()
             del slab
         seconds["wait_for_compiler"] = programs.waited
     progress.update(len(plan))

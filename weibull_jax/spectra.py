@@ -4,12 +4,13 @@ Singular distribution: SD(W) = σ(W)/Σσ(W), the trace-normalised spectrum; SD 
 checkpoints ‖SD_t − SD_{t−Δ}‖₂; cosine similarity of a matrix, or of its SD, to a reference (the final
 checkpoint).
 
-Singular values come from the smaller Gram matrix in float64, batched over a stack of equal-shaped
-matrices: with W (m × n), n ≤ m (else Wᵀ), cast exactly to float64, G = WᵀW = VΛVᵀ (``eigh``), then
-σ_i = ‖W v_i‖₂. Two products and one symmetric eigensolve instead of an SVD, and on a GPU no slower than
-the same thing in float32 (cuSOLVER's eigensolver of a 512 × 512 matrix is bound by its launches, not its
-flops: 26.8 ms for 24 × 512 × 512 in float64, 25.0 ms in float32 on an H200; ``jnp.linalg.svd`` 434 ms).
-In float32 the small singular values were lost: G holds λ_i only to ε·σ_max², and the crowded small
+Singular values come from the smaller Gram matrix in float64, batched over stacks of matrices: with W
+(m × n), n ≤ m (else Wᵀ), cast exactly to float64, G = WᵀW = VΛVᵀ (``eigh``), then σ_i = ‖W v_i‖₂. Two
+products and one symmetric eigensolve instead of an SVD (``jnp.linalg.svd``: 434 ms for 24 × 512 × 512 on an
+H200). On a CUDA GPU ``eigh`` of a stack is cuSOLVER's batched solver (jax 0.11: the same bits and times as
+``cusolverDnXsyevBatched`` called directly), whose time grows slowly from a floor per call (H200, float64,
+with vectors: 35 ms for 6 or 24 Grams of 512 × 512, 48 ms for 96; 230 ms for 6 of 2048 × 2048, 1,075 ms for
+96), so the Grams of one size, whatever the shapes of their matrices, are solved in one call. In float32 the small singular values were lost: G holds λ_i only to ε·σ_max², and the crowded small
 eigenvalues mix their vectors, so σ_i carried errors of O(n·ε·σ_max) and more (SD errors of 2e-5 on
 Student-t weights, SD variations 34× too large at 7e-8). In float64 (u = 2⁻⁵³) the same argument bounds
 the error of σ_i by O(n·u·σ_max): the SD agrees with numpy's float64 SVD of the same float32 matrix to
@@ -21,9 +22,9 @@ a backend without float64 (a TPU) gets the float32 path and its errors.
 
 **Which matrices.** The trunk: every attention (W_q, W_k, W_v, W_o) and MLP matrix of the blocks, a fused
 W_qkv split into its three (GPT-NeoX's per-head [q|k|v] output layout); embeddings, the head, norms and
-biases are left out. :func:`trunk_distributions` takes all of them in one call, one batched eigensolve per
-distinct shape, and returns one (M, r) table (rows padded with zeros to the longest spectrum: padding changes
-neither norms nor cosines).
+biases are left out. :func:`trunk_distributions` takes all of them in one call, one eigensolve per Gram
+size (all 36 of Pythia-70M's trunk are 512 × 512 Grams), and returns one (M, r) table (rows padded with
+zeros to the longest spectrum: padding changes neither norms nor cosines).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
-from typing import Any, Callable
+import math
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -46,46 +48,67 @@ _enable_x64 = (jax.enable_x64 if hasattr(jax, "enable_x64")
                else importlib.import_module("jax.experimental.x64_context").enable_x64)
 
 
-def _gram_singular_values(w: jax.Array) -> jax.Array:
-    """σ_i = ‖W v_i‖ with v_i the eigenvectors of the smaller Gram matrix, in ``w``'s dtype, descending."""
-    if w.shape[-1] > w.shape[-2]:
-        w = jnp.swapaxes(w, -1, -2)
+def _gram_singular_values(ws: Sequence[jax.Array]) -> list[jax.Array]:
+    """σ_i = ‖W v_i‖ with v_i the eigenvectors of the smaller Gram matrix, for each stack of ``ws``, in its
+    dtype, descending: the Grams of one size in one eigensolve (module docstring)."""
+    ws = [jnp.swapaxes(w, -1, -2) if w.shape[-1] > w.shape[-2] else w for w in ws]
     hi = jax.lax.Precision.HIGHEST
-    _, v = jnp.linalg.eigh(jnp.einsum("...ki,...kj->...ij", w, w, precision=hi))
-    projected = jnp.einsum("...ij,...jk->...ik", w, v, precision=hi)
-    s = -jnp.sort(-jnp.sqrt(jnp.sum(projected * projected, axis=-2)), axis=-1)
-    return jnp.where(s > w.shape[-1] * jnp.finfo(w.dtype).eps * s[..., :1], s, 0.0)
+    grams = [jnp.einsum("...ki,...kj->...ij", w, w, precision=hi) for w in ws]
+    vectors: list[Any] = [None] * len(ws)
+    by_size: dict[int, list[int]] = {}
+    for i, g in enumerate(grams):
+        by_size.setdefault(g.shape[-1], []).append(i)
+    for n, members in by_size.items():
+        _, v = jnp.linalg.eigh(jnp.concatenate([grams[i].reshape(-1, n, n) for i in members]))
+        starts = np.cumsum([0] + [math.prod(grams[i].shape[:-2]) for i in members])
+        for i, start, stop in zip(members, starts[:-1], starts[1:]):
+            vectors[i] = v[start:stop].reshape(grams[i].shape)
+    out = []
+    for w, v in zip(ws, vectors):
+        projected = jnp.einsum("...ij,...jk->...ik", w, v, precision=hi)
+        s = -jnp.sort(-jnp.sqrt(jnp.sum(projected * projected, axis=-2)), axis=-1)
+        out.append(jnp.where(s > w.shape[-1] * jnp.finfo(w.dtype).eps * s[..., :1], s, 0.0))
+    return out
 
 
 @functools.partial(jax.jit, static_argnames="normalise")
-def _spectrum(w: jax.Array, normalise: bool) -> jax.Array:
-    """σ, or σ/Σσ, computed in float64 where the backend has it (not a TPU), returned in float32: one
-    program, called directly or inlined into a caller's jit alike."""
+def _spectra(ws: tuple[jax.Array, ...], normalise: bool) -> tuple[jax.Array, ...]:
+    """σ, or σ/Σσ, of each stack, computed in float64 where the backend has it (not a TPU), returned in
+    float32: one program, called directly or inlined into a caller's jit alike."""
     if jax.default_backend() == "tpu":
         dtype, precision = jnp.float32, contextlib.nullcontext()
     else:
         dtype, precision = jnp.float64, _enable_x64(True)
     with precision:
-        s = _gram_singular_values(w.astype(dtype))
-        return (s / jnp.sum(s, axis=-1, keepdims=True) if normalise else s).astype(jnp.float32)
+        spectra = _gram_singular_values([w.astype(dtype) for w in ws])
+        return tuple((s / jnp.sum(s, axis=-1, keepdims=True) if normalise else s).astype(jnp.float32)
+                     for s in spectra)
 
 
 def singular_values(w: jax.Array) -> jax.Array:
     """Singular values (descending, float32) of a matrix or a stack ``(..., m, n)``, computed in float64
     (module docstring)."""
-    return _spectrum(w, normalise=False)
+    return _spectra((w,), normalise=False)[0]
 
 
 def singular_distribution(w: jax.Array) -> jax.Array:
     """SD = σ/Σσ (Definition 3.1), per matrix of a stack (the sum taken in float64 too)."""
-    return _spectrum(w, normalise=True)
+    return _spectra((w,), normalise=True)[0]
 
 
-def compile_singular_distribution(spec: jax.ShapeDtypeStruct) -> Callable[[jax.Array], jax.Array]:
-    """:func:`singular_distribution`'s own program for stacks shaped like ``spec`` (float32), compiled now,
+def singular_distributions(ws: Sequence[jax.Array]) -> tuple[jax.Array, ...]:
+    """:func:`singular_distribution` of several stacks (any shapes) in one program: one eigensolve for all
+    the Grams of one size."""
+    return _spectra(tuple(ws), normalise=True)
+
+
+def compile_singular_distributions(specs: Sequence[jax.ShapeDtypeStruct]
+                                   ) -> Callable[[Sequence[jax.Array]], tuple[jax.Array, ...]]:
+    """:func:`singular_distributions`' own program for stacks shaped like ``specs`` (float32), compiled now,
     so that a caller can compile it ahead, in a thread, of the loop that needs it (``analysis.series``):
-    the same bits as :func:`singular_distribution`."""
-    return _spectrum.lower(spec, normalise=True).compile()
+    the same bits as :func:`singular_distributions`."""
+    compiled = _spectra.lower(tuple(specs), normalise=True).compile()
+    return lambda ws: compiled(tuple(ws))
 
 
 def sd_variation(sd_now: jax.Array, sd_before: jax.Array) -> jax.Array:
@@ -134,16 +157,17 @@ def group_of(name: str) -> str:
 
 
 def distributions_of(matrices: dict[str, jax.Array]) -> jax.Array:
-    """SD of every matrix (in the map's order) as one zero-padded (M, r) table: one eigensolve per shape
-    (stacks (T, m, n) give (M, T, r))."""
+    """SD of every matrix (in the map's order) as one zero-padded (M, r) table, from one batched eigensolve
+    per Gram size (stacks (T, m, n) give (M, T, r))."""
     names = list(matrices)
     width = max(min(w.shape[-2:]) for w in matrices.values())
-    rows: list[Any] = [None] * len(names)
     by_shape: dict[tuple, list[int]] = {}
     for i, n in enumerate(names):
         by_shape.setdefault(tuple(matrices[n].shape), []).append(i)
-    for members in by_shape.values():
-        sd = singular_distribution(jnp.stack([matrices[names[i]] for i in members]))
+    groups = list(by_shape.values())
+    sds = singular_distributions([jnp.stack([matrices[names[i]] for i in members]) for members in groups])
+    rows: list[Any] = [None] * len(names)
+    for members, sd in zip(groups, sds):
         sd = jnp.pad(sd, [(0, 0)] * (sd.ndim - 1) + [(0, width - sd.shape[-1])])
         for j, i in enumerate(members):
             rows[i] = sd[j]

@@ -14,7 +14,7 @@
 3. With ``--read_orders=N``: N cold reads of every matrix's slab alone (no device), in the files' order
    (what ``series.measure`` does) and in the layout's order, alternating.
 4. Evicts them again and times ``analysis.series.measure`` over the series (with and, ``--spectra``, without
-   the spectra of the trunk; without them at each ``--read_ahead`` depth and
+   the spectra of the trunk; with them at each ``--read_ahead`` depth, without them at each depth and
    ``--read_threads`` count), printing its progress line with the ETA and where its time went. Compiling is
    a fixed cost, not one per checkpoint: what the loop waited for of it (the main thread's compiles, from
    JAX's monitoring events, and its waits for the slab programs compiled ahead in threads) is set apart.
@@ -122,7 +122,8 @@ def main() -> None:
     parser.add_argument("--spectra", choices=("with", "without", "both"), default="both")
     parser.add_argument("--extrapolate", type=int, default=154)
     parser.add_argument("--devices", type=int, default=1, help="series.measure's devices (-1: all)")
-    parser.add_argument("--read_ahead", default="2", help="comma list: slabs in flight (series.READ_AHEAD)")
+    parser.add_argument("--read_ahead", default=str(series.READ_AHEAD), help="comma list: slabs in flight "
+                        "(series.READ_AHEAD)")
     parser.add_argument("--read_threads", default="8", help="comma list: files read at once per slab")
     parser.add_argument("--read_orders", type=int, default=0, help="also time N cold reads of every matrix's "
                         "slab (no device work) in the files' order and in the layout's, alternating")
@@ -148,7 +149,7 @@ def main() -> None:
     jax.monitoring.register_event_duration_secs_listener(_count_compilation)
     depths = [int(d) for d in args.read_ahead.split(",")]
     threads = [int(d) for d in args.read_threads.split(",")]
-    variants = [("with", depths[0], threads[0])] if args.spectra != "without" else []
+    variants = [("with", d, threads[0]) for d in depths] if args.spectra != "without" else []
     variants += [("without", d, n) for d in depths for n in threads] if args.spectra != "with" else []
     for spectra, depth, n in variants:
         series.READ_AHEAD, snapshots.READ_THREADS = depth, n

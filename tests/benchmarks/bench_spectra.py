@@ -3,21 +3,21 @@ numpy's float64 SVD.
 
   PYTHONPATH=. python tests/benchmarks/bench_spectra.py [--run_dir=runs/sosd_gpt2] [--repeats=20]
 
-Methods: ``float64_gram`` (weibull-jax: the float64 Gram's eigenvectors, σ_i = ‖W v_i‖), ``float32_gram``
-(the same in float32: the earlier method, and the one a TPU gets), ``float64_eigvals`` (σ_i = √λ_i of the
-float64 Gram; ``_jacobi``: with cuSOLVER's Jacobi eigensolver, GPUs only) and ``jnp.linalg.svd``
+Methods: ``float64_gram`` (weibull-jax: the float64 Gram's eigenvectors, σ_i = ‖W v_i‖, one eigensolve
+for all Grams of a size), ``float32_gram`` (the same in float32: the earlier method, and the one a TPU
+gets), ``float64_eigvals`` (σ_i = √λ_i of the float64 Gram, one eigensolve a stack) and ``jnp.linalg.svd``
 (float32). Workloads: the stack the issue quotes (24 × 512 × 512, Gaussian; again with Student-t (2 degrees
 of freedom) weights) and the whole trunk of a model (every attention and MLP matrix,
 W_qkv split; a fresh Pythia-70M, or the last snapshot of ``--run_dir``), batched per shape in one call.
 Prints the median warm time of each and the largest |ΔSD| against float64 on the host, then each method's
-SD variation between two heavy-tailed matrices 1e-4 apart (SoSD's floor) against float64's. Not collected by
+SD variation between two heavy-tailed matrices 1e-4 apart (SoSD's floor) against float64's. With ``--eigh``,
+first the time of one ``jnp.linalg.eigh`` call on float64 Gram stacks of the given sizes. Not collected by
 pytest.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 
 import jax
@@ -37,27 +37,42 @@ def _by_shape(matrices: dict[str, np.ndarray]) -> list[jax.Array]:
 
 
 def _float64(fn):
-    def run(w):
+    def run(ws):
         with jax.enable_x64(True):
-            return fn(w.astype(jnp.float64)).astype(jnp.float32)
+            return [s.astype(jnp.float32) for s in fn([w.astype(jnp.float64) for w in ws])]
     return run
 
 
-def _eigvals(w, implementation=None):
-    """σ_i = √λ_i of the smaller Gram matrix, with cuSOLVER's default or ``implementation``'s eigensolver."""
-    w = w if w.shape[-1] <= w.shape[-2] else jnp.swapaxes(w, -1, -2)
-    gram = jnp.einsum("...ki,...kj->...ij", w, w, precision=jax.lax.Precision.HIGHEST)
-    _, lam = jax.lax.linalg.eigh(gram, implementation=implementation)
-    return -jnp.sort(-jnp.sqrt(jnp.maximum(lam, 0)), -1)
+def _eigvals(ws):
+    """σ_i = √λ_i of the smaller Gram matrices (eigenvalues only; one eigensolve a stack)."""
+    ws = [w if w.shape[-1] <= w.shape[-2] else jnp.swapaxes(w, -1, -2) for w in ws]
+    grams = [jnp.einsum("...ki,...kj->...ij", w, w, precision=jax.lax.Precision.HIGHEST) for w in ws]
+    return [-jnp.sort(-jnp.sqrt(jnp.maximum(jnp.linalg.eigvalsh(g), 0)), -1) for g in grams]
 
 
-JACOBI = jax.lax.linalg.EighImplementation.JACOBI
+def eigh_table(cases: list[tuple[int, int]], repeats: int) -> None:
+    """``jnp.linalg.eigh`` of float64 Gram stacks (batch, n, n), with vectors: what one call costs against
+    the batch (on a CUDA GPU cuSOLVER's batched solver, whose floor per call is why the library solves all
+    Grams of one size in one call)."""
+    print(f"jnp.linalg.eigh of float64 Grams on {jax.devices()[0].device_kind}: batch x n, ms a call", flush=True)
+    with jax.enable_x64(True):
+        solve = jax.jit(jnp.linalg.eigh)
+        for batch, n in cases:
+            x = jax.random.normal(jax.random.key(batch * n), (batch, n, n), jnp.float64)
+            gram = jnp.einsum("bki,bkj->bij", x, x) / n
+            seconds = median_seconds(lambda: solve(gram), repeats)
+            print(f"  {batch:3d} x {n:4d}  {seconds * 1e3:8.1f} ms", flush=True)
+
+
+def _library(ws):
+    return list(spectra._spectra(tuple(ws), normalise=False))
+
+
 METHODS = {
-    "float64_gram": spectra.singular_values,
-    "float32_gram": lambda w: spectra._gram_singular_values(w.astype(jnp.float32)),
+    "float64_gram": _library,
+    "float32_gram": lambda ws: spectra._gram_singular_values([w.astype(jnp.float32) for w in ws]),
     "float64_eigvals": _float64(_eigvals),
-    "float64_eigvals_jacobi": _float64(functools.partial(_eigvals, implementation=JACOBI)),
-    "jnp.linalg.svd": lambda w: jnp.linalg.svd(w, compute_uv=False),
+    "jnp.linalg.svd": lambda ws: [jnp.linalg.svd(w, compute_uv=False) for w in ws],
 }
 
 
@@ -69,12 +84,8 @@ def compare(name: str, stacks: list[jax.Array], repeats: int) -> None:
     print(f"{name}: {sum(x.shape[0] for x in stacks)} matrices in {len(stacks)} shapes on "
           f"{jax.devices()[0].device_kind}", flush=True)
     for method, fn in METHODS.items():
-        batched = jax.jit(lambda xs, fn=fn: [fn(x) for x in xs])
-        try:
-            seconds = median_seconds(lambda: batched(stacks), repeats)
-        except NotImplementedError as e:  # the Jacobi eigensolver exists on GPUs only
-            print(f"  {method:20s} not on this backend ({e})")
-            continue
+        batched = jax.jit(fn)
+        seconds = median_seconds(lambda: batched(stacks), repeats)
         error = 0.0
         for s, ref in zip(batched(stacks), refs):
             s = np.asarray(s, np.float64)
@@ -93,10 +104,7 @@ def variation_of_a_pair() -> None:
     want = np.linalg.norm(ref[0] - ref[1])
     print(f"SD variation of two Student-t matrices 1e-4 apart: float64 {want:.3e}")
     for method, fn in METHODS.items():
-        try:
-            s = np.asarray(jax.jit(fn)(jnp.asarray(pair)), np.float64)
-        except NotImplementedError:
-            continue
+        s = np.asarray(jax.jit(fn)([jnp.asarray(pair)])[0], np.float64)
         sd = s / s.sum(-1, keepdims=True)
         got = np.linalg.norm(sd[0] - sd[1])
         print(f"  {method:20s} {got:.3e} ({got / want:.2f}x float64)", flush=True)
@@ -107,7 +115,10 @@ def main() -> None:
     parser.add_argument("--run_dir", default="", help="use the trunk of this run's last snapshot")
     parser.add_argument("--n_heads", type=int, default=8, help="heads of a fused W_qkv (with --run_dir)")
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--eigh", default="", help="also time jnp.linalg.eigh on these stacks, e.g. 6x512,96x2048")
     args = parser.parse_args()
+    if args.eigh:
+        eigh_table([tuple(map(int, case.split("x"))) for case in args.eigh.split(",")], args.repeats)
     gaussian = np.random.default_rng(0).normal(size=(24, 512, 512)).astype(np.float32) * 0.02
     compare("24 x 512 x 512 Gaussian", [jnp.asarray(gaussian)], args.repeats)
     heavy = np.random.default_rng(1).standard_t(2, size=(24, 512, 512)).astype(np.float32) * 0.02
