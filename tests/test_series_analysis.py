@@ -291,3 +291,16 @@ def test_the_floor_coefficient_is_given_for_adamw_only():
     assert adamw["peak_step"] == 200 and adamw["rise"] == pytest.approx(3.5, rel=1e-12)
     for name in ("muon", "sgd_momentum", "sgdw_nesterov"):
         assert "floor_coefficient" not in series.lambda_phases(steps, scale, 1e-4, 0.01, name)
+
+
+def test_spectra_are_taken_a_block_at_a_time_within_the_byte_budget():
+    """The reads whose trunk matrices share a block form one group (reads without trunk matrices between
+    them do not split it); a group closes at a new block or where its float32 matrices would pass the budget."""
+    q, mlp = {"x.q": (4, 8, 8), "x.k": (4, 8, 8)}, {"x": (4, 8, 32)}  # 2048 and 4096 bytes
+    names = ["gpt_neox.layers.0.attention.query_key_value.weight", "gpt_neox.layers.0.input_layernorm.weight",
+             "gpt_neox.layers.0.mlp.dense_h_to_4h.weight", "gpt_neox.layers.1.attention.dense.weight",
+             "gpt_neox.layers.1.mlp.dense_h_to_4h.weight", "gpt_neox.layers.1.mlp.dense_4h_to_h.weight"]
+    shapes = [q, {}, mlp, q, mlp, mlp]
+    assert series._spectra_groups(names, shapes, 1 << 20) == [[0, 2], [3, 4, 5]]
+    assert series._spectra_groups(names, shapes, 2048 + 4096) == [[0, 2], [3, 4], [5]]
+    assert series._spectra_groups(names, shapes, 1000) == [[0], [2], [3], [4], [5]]

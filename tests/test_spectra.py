@@ -69,6 +69,20 @@ def test_sd_variation_of_nearby_heavy_tailed_matrices_keeps_its_digits():
     assert abs(got - want) <= 0.1 * want
 
 
+def test_stacks_of_several_shapes_in_one_program_match_float64_svd():
+    """``singular_distributions`` solves the Grams of one size together (here 40 × 40 from a (3, 40, 64) and a
+    (2, 64, 40) stack, and 20 × 20 from a (5, 30, 20) stack): each SD as numpy's float64 SVD of its own
+    matrix, within the bound above."""
+    rng = np.random.default_rng(6)
+    stacks = [rng.standard_t(2, size=shape).astype(np.float32) * 0.02
+              for shape in ((3, 40, 64), (2, 64, 40), (5, 30, 20))]
+    got = spectra.singular_distributions([jnp.asarray(w) for w in stacks])
+    assert [g.shape for g in got] == [(3, 40), (2, 40), (5, 20)]
+    for w, sd in zip(stacks, got):
+        ref = _float64_sd(w)
+        assert np.all(np.abs(np.asarray(sd, np.float64) - ref) <= _sd_bound(w, ref))
+
+
 def test_zero_columns_give_exact_zero_singular_values():
     rng = np.random.default_rng(1)
     w = np.zeros((128, 64), np.float32)

@@ -10,8 +10,9 @@ products and one symmetric eigensolve instead of an SVD (``jnp.linalg.svd``: 434
 H200). On a CUDA GPU ``eigh`` of a stack is cuSOLVER's batched solver (jax 0.11: the same bits and times as
 ``cusolverDnXsyevBatched`` called directly), whose time grows slowly from a floor per call (H200, float64,
 with vectors: 35 ms for 6 or 24 Grams of 512 × 512, 48 ms for 96; 230 ms for 6 of 2048 × 2048, 1,075 ms for
-96), so the Grams of one size, whatever the shapes of their matrices, are solved in one call. In float32 the small singular values were lost: G holds λ_i only to ε·σ_max², and the crowded small
-eigenvalues mix their vectors, so σ_i carried errors of O(n·ε·σ_max) and more (SD errors of 2e-5 on
+96), so the Grams of one size, whatever the shapes of their matrices, are solved in one call. In float32
+the small singular values were lost: G holds λ_i only to ε·σ_max², and the crowded small eigenvalues mix
+their vectors, so σ_i carried errors of O(n·ε·σ_max) and more (SD errors of 2e-5 on
 Student-t weights, SD variations 34× too large at 7e-8). In float64 (u = 2⁻⁵³) the same argument bounds
 the error of σ_i by O(n·u·σ_max): the SD agrees with numpy's float64 SVD of the same float32 matrix to
 1e-12 on matrices with σ from 1 to 1e-6 and on Student-t weights, and SD variations of 1e-7 keep all their
