@@ -182,13 +182,14 @@ def _spectra_groups(names: list[str], part_shapes: list[dict[str, tuple[int, ...
     for i, (name, shapes) in enumerate(zip(names, part_shapes)):
         if not shapes:
             continue
+        here = taxonomy.describe(name).block
         nbytes = sum(4 * math.prod(shape) for shape in shapes.values())
-        if groups and taxonomy.describe(name).block == block and size + nbytes <= max_bytes:
+        if here == block and size + nbytes <= max_bytes:  # block is None before the first group
             groups[-1].append(i)
             size += nbytes
         else:
             groups.append([i])
-            block, size = taxonomy.describe(name).block, nbytes
+            block, size = here, nbytes
     return groups
 
 
