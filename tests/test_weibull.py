@@ -9,6 +9,7 @@ import pytest
 from scipy import stats
 
 import weibull_jax
+from weibull_jax import bincount
 from weibull_jax import weibull as wb
 
 RNG = np.random.default_rng(20260522)
@@ -196,15 +197,25 @@ def test_fit_is_device_agnostic_in_dtype_and_shape():
     assert fit.k.dtype == jnp.float32 and fit.k.shape == ()
 
 
-@pytest.mark.parametrize("lanes", [1, 7, 256])
-def test_slot_counts_are_npm_weibull_bins_with_any_number_of_private_copies(lanes):
-    """The scatter-add's private copies (the GPU default is 256) are summed back to the same counts:
-    npm-weibull-py's bins, and the slots around them (below 1e-12, above 100, non-finite)."""
+SLOT_COUNTERS = {  # rows of weights → slot counts: the scatter-add with its private copies, bincount's kernel
+    **{f"scatter-add, {lanes} copies": (lambda rows, lanes=lanes: wb.count_rows(
+        [wb.slot_index(wb.magnitudes(rows))], wb.NUM_SLOTS, lanes)) for lanes in (1, 7, 256)},
+    **({"kernel, interpreted": lambda rows: bincount.row_counts(rows, wb._slot_of_value, wb.NUM_SLOTS, interpret=True)}
+       if bincount.triton_lowering is not None else {}),
+    **({"kernel": lambda rows: bincount.row_counts(rows, wb._slot_of_value, wb.NUM_SLOTS)}
+       if bincount.available() else {}),
+}
+
+
+@pytest.mark.parametrize("counter", list(SLOT_COUNTERS))
+def test_slot_counts_are_npm_weibull_bins(counter):
+    """Every way of counting (the scatter-add's private copies, summed back; the kernel's shared memory)
+    gives npm-weibull-py's bins, and the slots around them (below 1e-12, above 100, non-finite)."""
     w = np.stack([_planted((30, 61)), 0.01 * RNG.standard_t(2, (30, 61))]).astype(np.float32)
     w[0, 0, :3] = [0.0, 1e-14, 250.0]
     w[1, 1, :2] = [np.nan, np.inf]
     a = np.abs(w).reshape(2, -1)
-    counts = np.asarray(wb.count_rows([wb.slot_index(jnp.asarray(a))], wb.NUM_SLOTS, lanes))
+    counts = np.asarray(SLOT_COUNTERS[counter](jnp.asarray(w.reshape(2, -1))))
     for r in range(2):
         finite = np.isfinite(a[r])
         assert np.array_equal(counts[r, 1 : wb.NUM_BINS + 1], npm_weibull.extract_to_histogram(a[r][finite])["hist"])

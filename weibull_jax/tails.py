@@ -167,7 +167,7 @@ def heaviness_from_counts(counts: jax.Array) -> Heaviness:
 @functools.partial(jax.jit, static_argnames="center")
 def histogram_counts(w: jax.Array, center: bool = False) -> jax.Array:
     """The fit's 1024-bin log10|w| histogram of each matrix: ``(*batch, NUM_BINS)`` int32."""
-    counts = wb.bins_of(wb.log10_histogram([wb.magnitudes(wb.as_rows(w), center)]))
+    counts = wb.bins_of(wb.log10_histogram([wb.as_rows(w)], center))
     return counts.reshape(wb.batch_shape(w) + (wb.NUM_BINS,))
 
 

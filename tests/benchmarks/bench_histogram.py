@@ -1,17 +1,20 @@
-"""The fit's slot histogram: scatter-adds against counting on the tensor cores (a Pallas kernel).
+"""The fit's slot histogram: scatter-adds, shared-memory counts, and counting on the tensor cores.
 
   PYTHONPATH=. python tests/benchmarks/bench_histogram.py [--preset=pythia-70m] [--repeats=20]
 
 Counts the log10|w| slots of every block matrix of a freshly initialised model of the preset (float32, as
-in bench_weibull.py) by the library's scatter-add path (``weibull.log10_histogram`` of the magnitudes; its
-number of private copies in brackets), by the same with other numbers of copies (--lanes), and by the
-kernel below in each configuration of --configs (split H×L, block, warps, one-hot dtype, span), each jitted
-over all matrices; prints the median of ``repeats`` warm calls, the ratio to the library's path measured in
-the same run, the effective read bandwidth, and whether the counts are identical. On a CPU the kernel runs
-in Pallas' interpreter (correctness only). Not collected by pytest.
+in bench_weibull.py) by the scatter-add (``weibull.count_rows``; its number of private copies in brackets;
+the library's path on a CPU), by the same with other numbers of copies (--lanes), by the library's path
+(``weibull.log10_histogram``: on a CUDA GPU the shared-memory kernel of ``weibull_jax.bincount``), by that
+kernel with each launch shape of --launches (block/span/warps), and by the tensor-core kernel below in each
+configuration of --configs (split H×L, block, warps, one-hot dtype, span), each jitted over all matrices;
+prints the median of ``repeats`` warm calls, the ratio to the scatter-add measured in the same run, the
+effective read bandwidth, and whether the counts are identical. On a CPU the kernels run in Pallas'
+interpreter (correctness only). Not collected by pytest.
 
-The kernel. Pallas' Triton backend offers no shared memory to keep private histograms in, so counting
-is a matrix product: write a slot κ < H·L as κ = L·h + l, then over a block of B values
+The tensor-core kernel, measured before the shared-memory one existed. Without shared memory to keep
+private histograms in, counting is a matrix product: write a slot κ < H·L as κ = L·h + l, then over a block
+of B values
 
     N[h, l] = Σ_b [h_b = h] [l_b = l] = (E_hᵀ E_l)[h, l],
 
@@ -20,9 +23,8 @@ same product written in XLA). Each program streams a span of one row B values at
 the tensor cores (exact: at most 2²⁴ values a program, one-hots exact in bfloat16 or int8), writes it once;
 the spans are summed in int32 afterwards. The slots beyond H·L (above range, non-finite) are counted by
 sums. The values are read in their own dtype and binned in float32 by ``weibull.slot_index``, whose table-free
-edges make it usable inside a kernel. On the H200 (2026-12-02) the best configuration is still slower than
-the scatter-add (0.64× for Pythia-70M, 0.68× for Pythia-1B; README, Speed), so the library keeps the
-scatter-add.
+edges make it usable inside a kernel. On the H200 (2026-12-02) the best configuration was slower than the
+scatter-add (0.64× for Pythia-70M, 0.68× for Pythia-1B; README, Speed).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import numpy as np
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plt
 
-from weibull_jax import models, taxonomy, tree, weibull
+from weibull_jax import bincount, models, taxonomy, tree, weibull
 
 from timing import median_seconds  # tests/benchmarks/timing.py
 
@@ -109,10 +111,6 @@ def tensor_core_counts(x: jax.Array, key_fn: Callable[[jax.Array], jax.Array], n
     return counts[:, :num_keys]
 
 
-def _slot_of_value(v: jax.Array) -> jax.Array:
-    return weibull.slot_index(jnp.abs(v))
-
-
 DEFAULT_CONFIGS = ("32x32/512/4/bf16", "32x32/256/4/bf16", "32x32/1024/8/bf16", "64x16/512/4/bf16",
                    "32x32/512/4/int8", "32x32/512/4/fp8", "32x32/512/8/bf16", "32x32/512/4/bf16/4",
                    "32x32/512/4/bf16/4/late", "32x32/256/4/bf16/4/late")
@@ -131,7 +129,7 @@ def parse_config(text: str) -> dict:
 def kernel_histogram(rows, *, split, block, num_warps, dot_dtype, span_factor, late_extra, interpret):
     return jnp.concatenate([
         tensor_core_counts(
-            r, _slot_of_value, weibull.NUM_SLOTS, split=split, block=block, num_warps=num_warps,
+            r, weibull._slot_of_value, weibull.NUM_SLOTS, split=split, block=block, num_warps=num_warps,
             dot_dtype=dot_dtype, late_extra=late_extra, interpret=interpret,
             span=min(MAX_SPAN, default_span(r.size, block) * span_factor))
         for r in rows])
@@ -143,7 +141,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS))
     parser.add_argument("--lanes", default="64,256,1024,4096", help="the scatter-add also with these numbers of "
-                        "private copies (the library: 256 on a GPU)")
+                        "private copies (its default: 256 on a GPU)")
+    parser.add_argument("--launches", default="8192/8192/16/1,4096/4096/8/1,16384/16384/16/1,4096/16384/8",
+                        help="the shared-memory kernel with these block/span/warps[/pipeline stages]")
     args = parser.parse_args()
 
     params = models.init_params(models.preset(args.preset), jax.random.key(0))
@@ -155,20 +155,29 @@ def main() -> None:
           f"weights, {n_bytes / 1e9:.2f} GB; {jax.devices()[0].device_kind}"
           + (" (kernel in Pallas' interpreter)" if interpret else ""))
 
-    scatter = jax.jit(lambda rs: weibull.log10_histogram([weibull.magnitudes(r) for r in rs]))
+    def scatter_add(rs, lanes=None):
+        return weibull.count_rows([weibull.slot_index(weibull.magnitudes(r)) for r in rs], weibull.NUM_SLOTS, lanes)
+
+    scatter = jax.jit(scatter_add)
     reference = np.asarray(scatter(rows))
     base = median_seconds(lambda: scatter(rows), args.repeats)
     print(f"{'method':<28} {'ms':>9} {'vs scatter':>10} {'GB/s':>8}  identical")
-    label = f"scatter-add, library ({weibull.lanes_for(max(r.shape[1] for r in rows))})"
+    label = f"scatter-add ({weibull.lanes_for(max(r.shape[1] for r in rows))} copies)"
     print(f"{label:<28} {base * 1e3:9.3f} {1.0:10.2f} {n_bytes / base / 1e9:8.0f}  -")
-    for lanes in [int(v) for v in args.lanes.split(",") if v]:
-        fn = jax.jit(lambda rs, lanes=lanes: weibull.count_rows(
-            [weibull.slot_index(weibull.magnitudes(r)) for r in rs], weibull.NUM_SLOTS, lanes))
+    variants = [(f"scatter-add, {lanes} copies", functools.partial(scatter_add, lanes=lanes))
+                for lanes in [int(v) for v in args.lanes.split(",") if v]]
+    variants.append(("library (log10_histogram)", weibull.log10_histogram))
+    for text in [v for v in args.launches.split(",") if v]:
+        launch = tuple(int(v) for v in text.split("/")) + (None,) * (4 - len(text.split("/")))
+        variants.append((f"shared memory {text}", lambda rs, launch=launch: jnp.concatenate([
+            bincount.row_counts(r, weibull._slot_of_value, weibull.NUM_SLOTS, launch=launch, interpret=interpret)
+            for r in rs])))
+    for label, fn in variants:
+        fn = jax.jit(fn)
         same = np.array_equal(np.asarray(fn(rows)), reference)
         t = median_seconds(lambda: fn(rows), args.repeats)
-        label = f"scatter-add, {lanes} copies"
         print(f"{label:<28} {t * 1e3:9.3f} {base / t:10.2f} {n_bytes / t / 1e9:8.0f}  {same}")
-    for text in args.configs.split(","):
+    for text in [v for v in args.configs.split(",") if v]:
         try:
             fn = jax.jit(functools.partial(kernel_histogram, interpret=interpret, **parse_config(text)))
             same = np.array_equal(np.asarray(fn(rows)), reference)

@@ -63,7 +63,7 @@ def main() -> None:
 def breakdown(params, repeats: int) -> dict[str, float]:
     """Median seconds of each stage of ``weibull.fit_weibull_tree(params)``, timed apart."""
     names, leaves, treedef, positions = tree.named_leaves(params, tree.is_weight_matrix)
-    program = (tuple(leaves), (0.1,), "histogram", False)
+    program = (tuple(leaves), (0.1,), "histogram", False, weibull.counts_in_shared_memory(leaves))
     table = np.asarray(weibull._fit_arrays(*program))
     fits = weibull._split_rows(table, leaves)[0]
     return {
