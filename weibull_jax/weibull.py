@@ -292,6 +292,9 @@ def fit_sorted(a_sorted: jax.Array, trim: float | str = 0.1, nonfinite: jax.Arra
 
 # --------------------------------------------------------------------------------------------------
 # One compiled call for any number of arrays of any shapes
+# --------------------------------------------------------------------------------------------------
+
+
 def counts_in_shared_memory(arrays: Sequence[Any]) -> bool:
     """Whether the fits of ``arrays`` count their histogram with :mod:`weibull_jax.bincount`'s kernel: on a
     CUDA GPU, when every array lives on one device. XLA does not partition a kernel (it would gather a
@@ -304,9 +307,6 @@ def counts_in_shared_memory(arrays: Sequence[Any]) -> bool:
         if isinstance(a, jax.core.Tracer) or (sharding is not None and len(sharding.device_set) > 1):
             return False
     return True
-
-
-# --------------------------------------------------------------------------------------------------
 
 
 def as_rows(w: jax.Array) -> jax.Array:
