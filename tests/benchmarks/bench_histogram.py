@@ -4,10 +4,11 @@
 
 Counts the log10|w| slots of every block matrix of a freshly initialised model of the preset (float32, as
 in bench_weibull.py) by the scatter-add (``weibull.count_rows``; its number of private copies in brackets;
-the library's path on a CPU), by the same with other numbers of copies (--lanes), by the library's path
-(``weibull.log10_histogram``: on a CUDA GPU the shared-memory kernel of ``weibull_jax.bincount``), by that
-kernel with each launch shape of --launches (block/span/warps), and by the tensor-core kernel below in each
-configuration of --configs (split H×L, block, warps, one-hot dtype, span), each jitted over all matrices;
+the library's path on a CPU), by the same with other numbers of copies (--lanes), by the fits' path
+(``weibull.log10_histogram`` as the fits call it: on a CUDA GPU the shared-memory kernel of
+``weibull_jax.bincount``), by that kernel with each launch shape of --launches (block/span/warps), and by
+the tensor-core kernel below in each configuration of --configs (split H×L, block, warps, one-hot dtype,
+span), each jitted over all matrices;
 prints the median of ``repeats`` warm calls, the ratio to the scatter-add measured in the same run, the
 effective read bandwidth, and whether the counts are identical. On a CPU the kernels run in Pallas'
 interpreter (correctness only). Not collected by pytest.
@@ -166,7 +167,8 @@ def main() -> None:
     print(f"{label:<28} {base * 1e3:9.3f} {1.0:10.2f} {n_bytes / base / 1e9:8.0f}  -")
     variants = [(f"scatter-add, {lanes} copies", functools.partial(scatter_add, lanes=lanes))
                 for lanes in [int(v) for v in args.lanes.split(",") if v]]
-    variants.append(("library (log10_histogram)", weibull.log10_histogram))
+    kernel = weibull.counts_in_shared_memory(rows)  # what the fits of these arrays take
+    variants.append(("library (log10_histogram)", functools.partial(weibull.log10_histogram, kernel=kernel)))
     for text in [v for v in args.launches.split(",") if v]:
         launch = tuple(int(v) for v in text.split("/")) + (None,) * (4 - len(text.split("/")))
         variants.append((f"shared memory {text}", lambda rs, launch=launch: jnp.concatenate([
