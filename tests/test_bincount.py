@@ -23,23 +23,30 @@ def _tenths(v):
     return jnp.clip(jnp.floor(v * 10.0), 0, 99).astype(jnp.int32)
 
 
+def _numpy_counts(x):
+    return np.bincount(np.clip(np.floor(x * np.float32(10)), 0, 99).astype(int), minlength=100)
+
+
 @pytest.mark.parametrize("interpret", MODES)
 @pytest.mark.parametrize("launch", [bincount.LAUNCH, (1024, 4096, 4, None)])
 @pytest.mark.parametrize("n", [37, 4096, 10_001])
 def test_row_counts_are_numpy_bincounts(interpret, launch, n):
     """Rows shorter than a block, one or several blocks a program, several programs a row with a partial
-    last block: every value counted once, in its own row, none of the padding."""
-    x = RNG.uniform(0.0, 10.0, (3, n)).astype(np.float32)
-    offsets = RNG.uniform(-1.0, 0.0, 3).astype(np.float32)
-    got = np.asarray(bincount.row_counts(jnp.asarray(x), _tenths, 100, launch=launch, interpret=interpret))
-    shifted = np.asarray(bincount.row_counts(jnp.asarray(x), _tenths, 100, offsets=jnp.asarray(offsets),
-                                             launch=launch, interpret=interpret))
-    for r in range(3):
-        assert np.array_equal(got[r], np.bincount(np.clip(np.floor(x[r] * np.float32(10)), 0, 99).astype(int),
-                                                  minlength=100))
-        moved = x[r] - offsets[r]  # float32, as the kernel subtracts
-        assert np.array_equal(shifted[r], np.bincount(np.clip(np.floor(moved * np.float32(10)), 0, 99).astype(int),
-                                                      minlength=100))
+    last block, arrays of other row lengths and dtypes in the same call: every value counted once, in its
+    own row, none of the padding."""
+    xs = [RNG.uniform(0.0, 10.0, (3, n)).astype(np.float32), RNG.uniform(0.0, 10.0, (2, 300)).astype(np.float32),
+          RNG.uniform(0.0, 10.0, (1, n)).astype(jnp.bfloat16)]
+    offsets = [RNG.uniform(-1.0, 0.0, len(x)).astype(np.float32) for x in xs]
+    got = np.asarray(bincount.row_counts([jnp.asarray(x) for x in xs], _tenths, 100, launch=launch,
+                                         interpret=interpret))
+    shifted = np.asarray(bincount.row_counts([jnp.asarray(x) for x in xs], _tenths, 100,
+                                             offsets=[jnp.asarray(o) for o in offsets], launch=launch,
+                                             interpret=interpret))
+    rows = [(x[r].astype(np.float32), o[r]) for x, o in zip(xs, offsets) for r in range(len(x))]
+    assert got.shape == shifted.shape == (len(rows), 100)
+    for (row, offset), counts, moved_counts in zip(rows, got, shifted):
+        assert np.array_equal(counts, _numpy_counts(row))
+        assert np.array_equal(moved_counts, _numpy_counts(row - offset))  # float32, as the kernel subtracts
 
 
 @pytest.mark.skipif(not bincount.available(), reason="the compiled kernel needs a CUDA GPU")
@@ -58,7 +65,7 @@ def test_only_arrays_on_one_device_take_the_kernel(monkeypatch):
     """XLA would gather a sharded operand of the kernel onto every device, and a caller's jit hides its
     arrays' shardings: those fits keep the scatter-add."""
     monkeypatch.setattr(bincount, "available", lambda: True)  # as on a CUDA GPU
-    mesh = jax.sharding.Mesh(np.array(jax.devices()[:2]), ("x",))
+    mesh = jax.sharding.Mesh(np.array(jax.devices("cpu")[:2]), ("x",))  # the suite's simulated CPUs, on any host
     one = jnp.ones((4, 6))
     split = jax.device_put(one, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("x")))
     assert wb.counts_in_shared_memory([one, np.ones((3, 3)), jax.ShapeDtypeStruct((2, 2), jnp.float32)])

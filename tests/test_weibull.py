@@ -10,6 +10,7 @@ from scipy import stats
 
 import weibull_jax
 from weibull_jax import bincount
+from weibull_jax import tree as tree_lib
 from weibull_jax import weibull as wb
 
 RNG = np.random.default_rng(20260522)
@@ -108,6 +109,38 @@ def test_tree_fit_is_one_call_and_bit_identical_to_single_fits():
     assert np.array_equal(np.asarray(tree["stacked"].k[1]), np.asarray(weibull_jax.fit_weibull(params["stacked"][1]).k))
 
 
+@jax.tree_util.register_pytree_node_class
+class _Tagged:
+    """A pytree node with metadata (an array here: jax cannot compare such nodes, so no cache can hold them)."""
+
+    def __init__(self, w, tag):
+        self.w, self.tag = w, tag
+
+    def tree_flatten(self):
+        return (self.w,), self.tag
+
+    @classmethod
+    def tree_unflatten(cls, tag, children):
+        return cls(children[0], tag)
+
+
+def test_leaf_names_are_their_paths_through_the_cache_of_structures():
+    """``named_leaves`` keeps each structure's names: every call, in any order, gives each selected leaf
+    with its path as jax's ``tree_flatten_with_path`` spells it, also for structures that jax hashes alike
+    (other dict keys, nodes' metadata) and for nodes whose metadata no cache can compare."""
+    trees = [{"a": {"w": np.ones((3, 3))}, "b": [np.ones((2, 4)), np.ones(3)]},
+             {"a": {"v": np.ones((3, 3))}, "b": [np.ones((2, 4)), np.ones(3)]},
+             {"a": _Tagged(np.ones((3, 3)), "x"), "b": _Tagged(np.ones((2, 4)), "y")},
+             {"a": _Tagged(np.ones((3, 3)), "y"), "b": _Tagged(np.ones((2, 4)), "x")},
+             {"a": _Tagged(np.ones((3, 3)), np.arange(2))}, {"a": _Tagged(np.ones((3, 3)), np.arange(3))}]
+    for params in trees + trees[::-1]:
+        expected = [(".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path), leaf)
+                    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0] if np.ndim(leaf) >= 2]
+        names, leaves, _, _ = tree_lib.named_leaves(params)
+        assert names == [name for name, _ in expected]
+        assert all(got is leaf for got, (_, leaf) in zip(leaves, expected))
+
+
 def test_fits_compiled_ahead_match_npm_weibull_and_fit_arrays_to_the_bit_and_check_alike():
     """``compile_fits`` from shapes alone: npm-weibull-py's fits, ``fit_arrays``' bits, its errors."""
     stack = np.stack([ARRAYS["weibull_k1.6"], ARRAYS["weibull_k1.6"][::-1] * 2]).astype(np.float32)
@@ -200,9 +233,10 @@ def test_fit_is_device_agnostic_in_dtype_and_shape():
 SLOT_COUNTERS = {  # rows of weights → slot counts: the scatter-add with its private copies, bincount's kernel
     **{f"scatter-add, {lanes} copies": (lambda rows, lanes=lanes: wb.count_rows(
         [wb.slot_index(wb.magnitudes(rows))], wb.NUM_SLOTS, lanes)) for lanes in (1, 7, 256)},
-    **({"kernel, interpreted": lambda rows: bincount.row_counts(rows, wb._slot_of_value, wb.NUM_SLOTS, interpret=True)}
+    **({"kernel, interpreted": lambda rows: bincount.row_counts([rows], wb._slot_of_value, wb.NUM_SLOTS,
+                                                                 interpret=True)}
        if bincount.triton_lowering is not None else {}),
-    **({"kernel": lambda rows: bincount.row_counts(rows, wb._slot_of_value, wb.NUM_SLOTS)}
+    **({"kernel": lambda rows: bincount.row_counts([rows], wb._slot_of_value, wb.NUM_SLOTS)}
        if bincount.available() else {}),
 }
 
@@ -222,3 +256,29 @@ def test_slot_counts_are_npm_weibull_bins(counter):
         assert counts[r, wb.BELOW] == np.sum(a[r] < 1e-12)
         assert counts[r, wb.ABOVE] == np.sum(finite & (a[r] > 100.0))
         assert counts[r, wb.NONFINITE_SLOT] == np.sum(~finite)
+
+
+def test_only_concrete_arrays_on_one_gpu_write_their_fits_to_host_memory():
+    """The fits' table goes to pinned host memory for arrays that all live on one GPU; numpy, traced and
+    sharded inputs, and a CPU's arrays, keep XLA's placement."""
+    cpus = jax.devices("cpu")
+    split = jax.device_put(jnp.ones((4, 6)), jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(cpus[:2]), ("x",)),
+                                                                        jax.sharding.PartitionSpec("x")))
+    assert wb.host_memory([np.ones((3, 3))]) is None and wb.host_memory([split]) is None
+    assert jax.jit(lambda a: jnp.asarray(wb.host_memory([a]) is None))(jnp.ones(3)).item()
+    assert wb.host_memory([jax.device_put(jnp.ones(3), cpus[0])]) is None
+    if jax.default_backend() == "gpu":
+        assert wb.host_memory([jnp.ones(3), jnp.ones((2, 2), jnp.bfloat16)]).memory_kind == "pinned_host"
+        assert wb.host_memory([jnp.ones(3), jax.device_put(jnp.ones(3), cpus[0])]) is None
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="pinned host memory is a GPU's")
+def test_fits_read_from_pinned_host_memory_are_the_device_tables():
+    """Through pinned host memory the fits are the bits of the same program's table read from the GPU."""
+    arrays = [jnp.asarray(_planted((3, 64, 80))), jnp.asarray(0.01 * RNG.standard_t(3, (300, 70)), jnp.bfloat16)]
+    got = wb.fit_arrays(["a", "b"], arrays, trims=(0.1, 0.05))
+    kernel = wb.counts_in_shared_memory(arrays)
+    table = np.asarray(wb._fit_arrays(tuple(arrays), (0.1, 0.05), "histogram", False, kernel))
+    for got_fits, table_fits in zip(got, wb._split_rows(table, arrays)):
+        for fit, expected in zip(got_fits, table_fits):
+            assert all(np.array_equal(a, b) for a, b in zip(fit, expected))

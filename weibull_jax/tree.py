@@ -7,6 +7,7 @@ and a Flax tree reads ``params.layers_0.attention.qkv.kernel``.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import jax
@@ -42,13 +43,25 @@ def named_leaves(params: Any, select: Callable[[Path, Any], bool] = is_weight_ma
     """The selected leaves as ``(names, leaves, treedef, positions)``.
 
     ``positions`` indexes the selected leaves among all leaves, so that results can be put back into a
-    tree of the input's structure with :func:`unflatten_selected`.
+    tree of the input's structure with :func:`unflatten_selected`. The paths and names of a structure are
+    made once (:func:`_paths_and_names`): a whole-model fit then spends on them a dictionary look-up
+    instead of about 1 µs a leaf.
     """
-    flat, treedef = jax.tree_util.tree_flatten_with_path(params)
-    positions = [i for i, (p, x) in enumerate(flat) if select(p, x)]
-    names = [path_name(flat[i][0]) for i in positions]
-    leaves = [flat[i][1] for i in positions]
-    return names, leaves, treedef, positions
+    flat, treedef = jax.tree_util.tree_flatten(params)
+    try:
+        paths, all_names = _paths_and_names(treedef)
+    except (TypeError, ValueError):  # a node whose metadata cannot be hashed or compared: no cache
+        paths, all_names = _paths_and_names.__wrapped__(treedef)
+    positions = [i for i, (p, x) in enumerate(zip(paths, flat)) if select(p, x)]
+    return [all_names[i] for i in positions], [flat[i] for i in positions], treedef, positions
+
+
+@functools.lru_cache(maxsize=64)
+def _paths_and_names(treedef) -> tuple[list[Path], list[str]]:
+    """Every leaf's path in a tree of structure ``treedef``, and its :func:`path_name`."""
+    paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(jax.tree_util.tree_unflatten(
+        treedef, range(treedef.num_leaves)))[0]]
+    return paths, [path_name(p) for p in paths]
 
 
 def unflatten_selected(treedef, positions: list[int], values: list[Any]) -> Any:

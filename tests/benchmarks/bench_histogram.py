@@ -6,7 +6,8 @@ Counts the log10|w| slots of every block matrix of a freshly initialised model o
 in bench_weibull.py) by the scatter-add (``weibull.count_rows``; its number of private copies in brackets;
 the library's path on a CPU), by the same with other numbers of copies (--lanes), by the fits' path
 (``weibull.log10_histogram`` as the fits call it: on a CUDA GPU the shared-memory kernel of
-``weibull_jax.bincount``), by that kernel with each launch shape of --launches (block/span/warps), and by
+``weibull_jax.bincount``), by that kernel with each launch shape of --launches (block/span/warps) and with
+one launch per array (as before arrays of one row length shared a launch), and by
 the tensor-core kernel below in each configuration of --configs (split H×L, block, warps, one-hot dtype,
 span), each jitted over all matrices;
 prints the median of ``repeats`` warm calls, the ratio to the scatter-add measured in the same run, the
@@ -171,9 +172,10 @@ def main() -> None:
     variants.append(("library (log10_histogram)", functools.partial(weibull.log10_histogram, kernel=kernel)))
     for text in [v for v in args.launches.split(",") if v]:
         launch = tuple(int(v) for v in text.split("/")) + (None,) * (4 - len(text.split("/")))
-        variants.append((f"shared memory {text}", lambda rs, launch=launch: jnp.concatenate([
-            bincount.row_counts(r, weibull._slot_of_value, weibull.NUM_SLOTS, launch=launch, interpret=interpret)
-            for r in rs])))
+        variants.append((f"shared memory {text}", lambda rs, launch=launch: bincount.row_counts(
+            rs, weibull._slot_of_value, weibull.NUM_SLOTS, launch=launch, interpret=interpret)))
+    variants.append(("shared memory, launch/array", lambda rs: jnp.concatenate([  # before arrays shared launches
+        bincount.row_counts([r], weibull._slot_of_value, weibull.NUM_SLOTS, interpret=interpret) for r in rs])))
     for label, fn in variants:
         fn = jax.jit(fn)
         same = np.array_equal(np.asarray(fn(rows)), reference)
