@@ -111,7 +111,7 @@ def test_tree_fit_is_one_call_and_bit_identical_to_single_fits():
 
 @jax.tree_util.register_pytree_node_class
 class _Tagged:
-    """A pytree node with metadata (an array here: jax cannot compare such nodes, so no cache can hold them)."""
+    """A pytree node with metadata: a string, or an array (jax cannot compare those, so no cache holds them)."""
 
     def __init__(self, w, tag):
         self.w, self.tag = w, tag

@@ -123,16 +123,15 @@ def row_counts(xs: Sequence[jax.Array], key_fn: Callable[[jax.Array], jax.Array]
     for members in by_length.values():
         got = _same_length_counts([xs[i] for i in members], key_fn, num_keys,
                                   None if offsets is None else [offsets[i] for i in members], launch, interpret)
-        firsts = list(itertools.accumulate((xs[i].shape[0] for i in members), initial=0))
-        for i, first, last in zip(members, firsts, firsts[1:]):
-            counts[i] = got[first:last]
+        for i, array_counts in zip(members, got):
+            counts[i] = array_counts
     return jnp.concatenate(counts)
 
 
-def _same_length_counts(xs, key_fn, num_keys, offsets, launch, interpret) -> jax.Array:
-    """:func:`row_counts` of arrays whose rows have one length ``n``: one launch whose (rows, spans) grid
-    runs over the rows of all of them (the kernel picks a row's array by the row's index, a ``lax.switch``
-    of loads). H200, 2026-12-03: Pythia-70M's 24 matrices in three launches took 0.18-0.22 instead of 0.28
+def _same_length_counts(xs, key_fn, num_keys, offsets, launch, interpret) -> list[jax.Array]:
+    """:func:`row_counts` of arrays whose rows have one length ``n``, one ``(rows_i, num_keys)`` array each:
+    one launch whose (rows, spans) grid runs over the rows of all of them (the kernel picks a row's array by
+    the row's index, a ``lax.switch`` of loads). H200, 2026-12-03: Pythia-70M's 24 matrices in three launches took 0.18-0.22 instead of 0.28
     ms; Pythia-1B's 64 the same 2.8 ms as in 64 launches, against 2.2 ms for the same three launches over
     operands stacked beforehand (one array per length, no switch), so the switch of loads, or reading many
     arrays, costs what fewer launches save there (not profiled). A program's counts (at most ``span``) are
@@ -164,4 +163,5 @@ def _same_length_counts(xs, key_fn, num_keys, offsets, launch, interpret) -> jax
         compiler_params=None if interpret else plt.CompilerParams(num_warps=warps, num_stages=stages),
         interpret=interpret,
     )(*operands)
-    return counts.sum(axis=1, dtype=jnp.int32)[:, :num_keys]
+    counts = counts.sum(axis=1, dtype=jnp.int32)[:, :num_keys]
+    return [counts[first:last] for first, last in zip(firsts, firsts[1:])]

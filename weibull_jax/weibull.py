@@ -295,6 +295,14 @@ def fit_sorted(a_sorted: jax.Array, trim: float | str = 0.1, nonfinite: jax.Arra
 # --------------------------------------------------------------------------------------------------
 
 
+def _device_sets(arrays: Sequence[Any]) -> list | None:
+    """Each array's set of devices (None for one without a sharding: numpy, a bare ShapeDtypeStruct), or
+    None when any array is traced: a caller's jit hides its shardings."""
+    if any(isinstance(a, jax.core.Tracer) for a in arrays):
+        return None
+    return [getattr(getattr(a, "sharding", None), "device_set", None) for a in arrays]
+
+
 def counts_in_shared_memory(arrays: Sequence[Any]) -> bool:
     """Whether the fits of ``arrays`` count their histogram with :mod:`weibull_jax.bincount`'s kernel: on a
     CUDA GPU, when every array lives on one device. XLA does not partition a kernel (it would gather a
@@ -302,11 +310,8 @@ def counts_in_shared_memory(arrays: Sequence[Any]) -> bool:
     here, so those keep the scatter-add."""
     if not bincount.available():
         return False
-    for a in arrays:
-        sharding = getattr(a, "sharding", None)
-        if isinstance(a, jax.core.Tracer) or (sharding is not None and len(sharding.device_set) > 1):
-            return False
-    return True
+    device_sets = _device_sets(arrays)
+    return device_sets is not None and all(d is None or len(d) == 1 for d in device_sets)
 
 
 def host_memory(arrays: Sequence[Any]) -> jax.sharding.Sharding | None:
@@ -314,12 +319,10 @@ def host_memory(arrays: Sequence[Any]) -> jax.sharding.Sharding | None:
     live on (None elsewhere: a CPU, several devices, numpy or traced inputs). Read back from there, Pythia-70M's
     5 × 24 table took 0.44-0.55 instead of 0.83 ms from dispatch, Pythia-1B's 3.09-3.15 instead of 3.47-3.50
     (H200, 2026-12-03): the copy of a small result out of device memory costs more than its program's tail."""
-    devices: set = set()
-    for a in arrays:
-        sharding = getattr(a, "sharding", None)
-        if sharding is None or isinstance(a, jax.core.Tracer):
-            return None
-        devices |= sharding.device_set
+    device_sets = _device_sets(arrays)
+    if device_sets is None or None in device_sets:
+        return None
+    devices = set().union(*device_sets)
     return _pinned_host(devices.pop()) if len(devices) == 1 else None
 
 
