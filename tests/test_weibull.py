@@ -1,5 +1,7 @@
 """The fit against npm-weibull-py 0.4 (the paper's reference library), scipy, and closed forms."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import ml_dtypes
@@ -39,13 +41,32 @@ def _reference(w, trim_name):
     return npm_weibull.weibull_fit(npm_weibull.extract_to_histogram(np.asarray(w, np.float32)), trim=trim_name)
 
 
+@functools.lru_cache(maxsize=None)
+def _reference_of(name, trim_name, dtype):
+    """npm-weibull-py's fit of ``ARRAYS[name]`` rounded to ``dtype``, once for every way of fitting it."""
+    return _reference(ARRAYS[name].astype(dtype).astype(np.float32), trim_name)
+
+
+def _fit_in_kernel(w, trim):
+    """The fit kernel's program (``rowwise.map_rows`` in Pallas' interpreter) on one matrix's slot counts."""
+    slots = wb.log10_histogram([wb.as_rows(jnp.asarray(w))])
+    return wb.WeibullFit(*np.asarray(wb._binned_table_in_kernel(slots, (trim,), interpret=True))[:4, 0])
+
+
+FITS = {  # the library's call (on a CUDA GPU the fit kernel, elsewhere XLA's chain) and the kernel's formulas
+    "fit_weibull": lambda w, trim: weibull_jax.fit_weibull(w, trim=trim),
+    "fit kernel, interpreted": _fit_in_kernel,
+}
+
+
+@pytest.mark.parametrize("fit_of", list(FITS))
 @pytest.mark.parametrize("dtype", [np.float32, ml_dtypes.bfloat16])
 @pytest.mark.parametrize("trim,trim_name", TRIMS)
 @pytest.mark.parametrize("name", sorted(ARRAYS))
-def test_histogram_protocol_matches_npm_weibull(name, trim, trim_name, dtype):
+def test_histogram_protocol_matches_npm_weibull(name, trim, trim_name, dtype, fit_of):
     w = ARRAYS[name].astype(dtype)
-    ref = _reference(w.astype(np.float32), trim_name)
-    fit = weibull_jax.fit_weibull(w, trim=trim)
+    ref = _reference_of(name, trim_name, np.dtype(dtype))
+    fit = FITS[fit_of](w, trim)
     assert abs(float(fit.k) - ref["k"]) <= 1e-4
     assert abs(float(fit.scale) - ref["lambda"]) / ref["lambda"] <= 1e-4
     assert abs(float(fit.r2) - ref["R2"]) <= 1e-5
@@ -223,6 +244,28 @@ def test_gamma_closure_is_tight_on_weibull_data_and_15_percent_on_the_half_norma
     hn = RNG.normal(0.0, 1.0, (2000, 2000))
     closure = weibull_jax.gamma_closure(hn, weibull_jax.fit_weibull(hn, protocol="exact"))
     assert abs(float(closure.rel_error) - 0.1527) < 0.004  # 0.8875·C(1.2054) vs √(1 − 2/π): see gamma_closure
+
+
+def test_fit_kernel_reports_bad_matrices_as_xla_does():
+    """Non-finite, nearly empty and constant matrices get the same status codes and NaN fits from the fit
+    kernel's program as from XLA's chain, next to a good matrix."""
+    w = np.stack([ARRAYS["student_t3"][:200, :200], np.zeros((200, 200)), np.full((200, 200), 0.5),
+                  ARRAYS["half_normal"][:200, :200]]).astype(np.float32)
+    w[0, 5, 5] = np.nan
+    slots = wb.log10_histogram([wb.as_rows(jnp.asarray(w))])
+    trims = (0.1, 0.0)
+    ours = np.asarray(wb._binned_table_in_kernel(slots, trims, interpret=True))
+    xla = np.asarray(wb._binned_table(slots, trims))
+    assert list(ours[-1]) == list(xla[-1]) == [wb.NONFINITE, wb.TOO_FEW_VALUES, wb.DEGENERATE, wb.OK]
+    assert np.array_equal(np.isnan(ours), np.isnan(xla)) and np.all(np.isfinite(ours[:, 3]))
+
+
+def test_kernel_programs_lowered_for_a_cpu_scatter_add():
+    """The kernels' program, lowered for a CPU (here; on a GPU host, for arrays on its CPU), takes the
+    scatter-add and XLA's fit, the same bits as the program without them."""
+    w = jax.device_put(ARRAYS["weibull_k1.6"].astype(np.float32), jax.devices("cpu")[0])
+    with_kernels = wb._fit_arrays((w,), (0.1,), "histogram", False, True)
+    assert np.array_equal(np.asarray(with_kernels), np.asarray(wb._fit_arrays((w,), (0.1,), "histogram", False)))
 
 
 def test_fit_is_device_agnostic_in_dtype_and_shape():

@@ -71,15 +71,14 @@ def run_jax(args, forces: bool, fused: bool) -> dict:
     seconds = time.perf_counter() - start
     if args.profile:  # a trace of 5 steps, the step's optimized HLO, and the kernel table of both
         import kernel_table  # tests/benchmarks/kernel_table.py
-        with jax.profiler.trace(args.profile, create_perfetto_trace=True):
-            for i in range(5):
-                state, metrics = step(state, batches[i % 4])
-            jax.block_until_ready(metrics)
         hlo = step.lower(state, batches[0]).compile().as_text()
-        with open(os.path.join(args.profile, "step.hlo.txt"), "w") as f:
-            f.write(hlo)
-        with open(os.path.join(args.profile, "kernels.txt"), "w") as f:
-            f.write("\n".join(kernel_table.table(args.profile, hlo, calls=5, top=30)) + "\n")
+        carried = [state]
+
+        def one_step():
+            carried[0], step_metrics = step(carried[0], batches[0])
+            return step_metrics
+
+        kernel_table.profile(one_step, hlo, args.profile)
     peak = max((d.memory_stats() or {}).get("peak_bytes_in_use", 0) for d in devices)
     return {"seconds_per_step": seconds / args.steps, "peak_bytes": peak, "loss": float(metrics["loss"]),
             "device": jax.devices()[0].device_kind, "version": f"jax {jax.__version__}"}

@@ -7,17 +7,21 @@ W_FFN_out × 6 blocks; 18.9 M weights), times the warm jitted call on the defaul
 ``repeats``), times npm-weibull-py (``extract_to_histogram`` + ``weibull_fit`` per matrix) on the host in
 the same run, prints both, their ratio and the largest |Δk| and |Δλ|/λ between them, and where the call's
 time goes: the host's work before and after the compiled program (the tree's leaves and the checks; the
-transfer, the per-matrix split and the tree rebuilt) against the program itself. Not collected by pytest.
+transfer, the per-matrix split and the tree rebuilt) against the program itself, and the fit of the
+histogram's counts by XLA's chain and, on a CUDA GPU, by the fit kernel (``weibull._binned_table_in_kernel``).
+``--profile=DIR`` writes a profiler trace of 5 calls of the program, its HLO and its kernels' table
+(``kernel_table.py``). Not collected by pytest.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 
 import jax
 import numpy as np
 
-from weibull_jax import models, taxonomy, tree, weibull
+from weibull_jax import bincount, models, taxonomy, tree, weibull
 
 from timing import median_seconds  # tests/benchmarks/timing.py
 
@@ -27,6 +31,7 @@ def main() -> None:
     parser.add_argument("--preset", default="pythia-70m")
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--reference_repeats", type=int, default=3)
+    parser.add_argument("--profile", default="", help="write a profiler trace of the fits' program here")
     args = parser.parse_args()
     import npm_weibull
 
@@ -57,17 +62,27 @@ def main() -> None:
     print(f"agreement: max |dk| = {dk:.2e}, max |dλ|/λ = {dl:.2e}; tree == single fits bit for bit: {identical}")
     print("where fit_weibull_tree's time goes (medians, µs): " + ", ".join(
         f"{k} {v * 1e6:.0f}" for k, v in breakdown(device, args.repeats).items()))
+    if args.profile:
+        import kernel_table  # tests/benchmarks/kernel_table.py
+
+        program = _program(leaves := list(device.values()))
+        hlo = jax.jit(program).lower(tuple(leaves)).compile().as_text()
+        print("\n".join(kernel_table.profile(lambda: program(tuple(leaves)), hlo, args.profile)))
 
 
 def breakdown(params, repeats: int) -> dict[str, float]:
     """Median seconds of each stage of ``weibull.fit_weibull_tree(params)``, timed apart."""
     names, leaves, treedef, positions = tree.named_leaves(params, tree.is_weight_matrix)
     arrays = tuple(leaves)
-    # the call's program: its kernel (a CUDA GPU) and its table's memory (a GPU's pinned host memory)
-    program = weibull._fit_program((0.1,), "histogram", False, weibull.counts_in_shared_memory(leaves),
-                                   weibull.host_memory(leaves))
+    program = _program(leaves)
     table = np.asarray(program(arrays))
     fits = weibull._split_rows(table, leaves)[0]
+    kernel = weibull.counts_in_shared_memory(leaves)
+    slots = jax.jit(weibull.log10_histogram, static_argnums=(1, 2))([weibull.as_rows(w) for w in leaves], False, kernel)
+    fits_of_counts = {"fit of the counts, XLA": jax.jit(functools.partial(weibull._binned_table, trims=(0.1,)))}
+    if bincount.available():
+        fits_of_counts["fit of the counts, fit kernel"] = jax.jit(
+            functools.partial(weibull._binned_table_in_kernel, trims=(0.1,)))
     return {
         "leaves": median_seconds(lambda: tree.named_leaves(params, tree.is_weight_matrix), repeats, wait=False),
         "checks": median_seconds(lambda: [weibull.check_array(n, w) for n, w in zip(names, leaves)], repeats,
@@ -77,7 +92,14 @@ def breakdown(params, repeats: int) -> dict[str, float]:
         "status check": median_seconds(lambda: weibull.raise_on_bad(names, leaves, table[-1]), repeats, wait=False),
         "split": median_seconds(lambda: weibull._split_rows(table, leaves), repeats, wait=False),
         "tree": median_seconds(lambda: tree.unflatten_selected(treedef, positions, fits), repeats, wait=False),
+        **{name: median_seconds(lambda fit=fit: fit(slots), repeats) for name, fit in fits_of_counts.items()},
     }
+
+
+def _program(leaves):
+    """The call's program: its kernels (a CUDA GPU) and its table's memory (a GPU's pinned host memory)."""
+    return weibull._fit_program((0.1,), "histogram", False, weibull.counts_in_shared_memory(leaves),
+                                weibull.host_memory(leaves))
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 
   python tests/benchmarks/kernel_table.py TRACE_DIR PROGRAM.hlo.txt [--calls 5] [--top 25]
 
-``TRACE_DIR`` is what ``jax.profiler.trace`` wrote over ``--calls`` calls of one program (``bench_train_step.py
---profile`` writes both files); ``PROGRAM.hlo.txt`` that program's optimized HLO (``compiled.as_text()``).
+``TRACE_DIR`` is what ``jax.profiler.trace`` wrote over ``--calls`` calls of one program (:func:`profile` writes
+both files: ``bench_train_step.py --profile``, ``bench_weibull.py --profile``); ``PROGRAM.hlo.txt`` that
+program's optimized HLO (``compiled.as_text()``).
 Each device kernel is grouped with the others of its HLO instruction; each line gives its microseconds per
 call, its launches per call, the instruction's result shape and the operation of the source it came from
 (the ``op_name`` of its metadata: the model's module path and the primitive). cuBLAS/cuDNN kernels carry no
@@ -19,6 +20,7 @@ import gzip
 import json
 import os
 import re
+from typing import Any, Callable
 
 
 def device_kernels(trace_dir: str) -> list[dict]:
@@ -55,6 +57,20 @@ def table(trace_dir: str, hlo_text: str, calls: int, top: int) -> list[str]:
     for name, us in sorted(total.items(), key=lambda kv: -kv[1])[:top]:
         shape, op = instruction_info(hlo_text, name)
         lines.append(f"{us / calls:8.1f} {launches[name] // calls:4d}  {name[:44]:<44} {shape[:34]:<34} {op}")
+    return lines
+
+
+def profile(call: Callable[[], Any], hlo_text: str, directory: str, calls: int = 5, top: int = 30) -> list[str]:
+    """Traces ``calls`` calls of ``call`` (a warm program) into ``directory``, writes there the program's
+    optimized HLO (``program.hlo.txt``) and its :func:`table` (``kernels.txt``), and returns the table."""
+    import jax
+
+    with jax.profiler.trace(directory, create_perfetto_trace=True):
+        jax.block_until_ready([call() for _ in range(calls)])
+    lines = table(directory, hlo_text, calls=calls, top=top)
+    for name, text in (("program.hlo.txt", hlo_text), ("kernels.txt", "\n".join(lines) + "\n")):
+        with open(os.path.join(directory, name), "w") as f:
+            f.write(text)
     return lines
 
 
