@@ -192,6 +192,7 @@ def test_chunked_reads_give_the_same_fits_and_grams(run_dir):
     np.testing.assert_allclose(whole.sq_norm, chunked.sq_norm, rtol=1e-5)
 
 
+@pytest.mark.eight_cpu_devices
 @pytest.mark.parametrize("max_bytes", [12 << 30, 13 * 4 * 1000])  # whole slabs; ~1000 elements per read and device
 def test_slabs_split_over_eight_devices_give_the_fits_to_the_bit_and_the_sums_to_float32_rounding(run_dir, max_bytes):
     """``measure(devices=8)`` against one device. Both sum the same n products in different orders: each

@@ -21,6 +21,8 @@ from train import checkpoints, train
 from weibull_jax import data, forces, models, optim, sharding, spectra, tree
 from weibull_jax import fit_weibull_tree
 
+pytestmark = pytest.mark.eight_cpu_devices
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MESHES = [(8, 1, 1), (4, 2, 1), (2, 4, 1), (1, 8, 1), (1, 2, 4)]  # (data, fsdp, tensor)
 U = float(np.finfo(np.float32).eps) / 2  # unit roundoff of float32

@@ -114,7 +114,7 @@ def test_measure_reads_each_file_front_to_back(tmp_path):
     assert read != suite.matrices()
 
 
-@pytest.mark.parametrize("devices", [1, 8])
+@pytest.mark.parametrize("devices", [1, pytest.param(8, marks=pytest.mark.eight_cpu_devices)])
 def test_series_measures_of_a_suite_match_its_converted_checkpoints(tmp_path, devices):
     """Fits, norms and the spectra of the W_qkv parts (which need the Flax orientation) from the in-place
     reads equal those of the eagerly converted parameter trees, on one device and with the float16 slabs
