@@ -131,11 +131,11 @@ def row_counts(xs: Sequence[jax.Array], key_fn: Callable[[jax.Array], jax.Array]
 def _same_length_counts(xs, key_fn, num_keys, offsets, launch, interpret) -> list[jax.Array]:
     """:func:`row_counts` of arrays whose rows have one length ``n``, one ``(rows_i, num_keys)`` array each:
     one launch whose (rows, spans) grid runs over the rows of all of them (the kernel picks a row's array by
-    the row's index, a ``lax.switch`` of loads). H200, 2026-12-03: Pythia-70M's 24 matrices in three launches took 0.18-0.22 instead of 0.28
-    ms; Pythia-1B's 64 the same 2.8 ms as in 64 launches, against 2.2 ms for the same three launches over
-    operands stacked beforehand (one array per length, no switch), so the switch of loads, or reading many
-    arrays, costs what fewer launches save there (not profiled). A program's counts (at most ``span``) are
-    written as uint16 when they fit, and summed in int32."""
+    the row's index, a ``lax.switch`` of loads). H200, 2026-12-03: Pythia-70M's 24 matrices in three
+    launches took 0.18-0.22 instead of 0.28 ms; Pythia-1B's 64 the same 2.8 ms as in 64 launches, against
+    2.2 ms for the same three launches over operands stacked beforehand (one array per length, no switch),
+    so the switch of loads, or reading many arrays, costs what fewer launches save there (not profiled). A
+    program's counts (at most ``span``) are written as uint16 when they fit, and summed in int32."""
     n = xs[0].shape[1]
     firsts = list(itertools.accumulate((x.shape[0] for x in xs), initial=0))
     length = 1 << max(num_keys - 1, 1).bit_length()

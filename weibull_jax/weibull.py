@@ -309,12 +309,18 @@ def fit_sorted(a_sorted: jax.Array, trim: float | str = 0.1, nonfinite: jax.Arra
 # --------------------------------------------------------------------------------------------------
 
 
-def _device_sets(arrays: Sequence[Any]) -> list | None:
-    """Each array's set of devices (None for one without a sharding: numpy, a bare ShapeDtypeStruct), or
-    None when any array is traced: a caller's jit hides its shardings."""
-    if any(isinstance(a, jax.core.Tracer) for a in arrays):
-        return None
-    return [getattr(getattr(a, "sharding", None), "device_set", None) for a in arrays]
+def _placement(arrays: Sequence[Any]) -> tuple[bool, jax.sharding.Sharding | None]:
+    """Both choices the fits of ``arrays`` make from where they live, in one pass over their device sets:
+    (:func:`counts_in_shared_memory`, :func:`host_memory`). An array without a sharding (numpy, a bare
+    ShapeDtypeStruct) goes where the program runs; a traced one hides its sharding (a caller's jit)."""
+    if _is_traced(arrays):
+        return False, None
+    device_sets = [getattr(getattr(a, "sharding", None), "device_set", None) for a in arrays]
+    kernel = bincount.available() and all(d is None or len(d) == 1 for d in device_sets)
+    if None in device_sets:
+        return kernel, None
+    devices = set().union(*device_sets)
+    return kernel, (_pinned_host(devices.pop()) if len(devices) == 1 else None)
 
 
 def counts_in_shared_memory(arrays: Sequence[Any]) -> bool:
@@ -322,22 +328,16 @@ def counts_in_shared_memory(arrays: Sequence[Any]) -> bool:
     CUDA GPU, when every array lives on one device. XLA does not partition a kernel (it would gather a
     sharded operand onto every device), and the shardings of arrays traced by a caller's jit are not known
     here, so those keep the scatter-add."""
-    if not bincount.available():
-        return False
-    device_sets = _device_sets(arrays)
-    return device_sets is not None and all(d is None or len(d) == 1 for d in device_sets)
+    return _placement(arrays)[0]
 
 
 def host_memory(arrays: Sequence[Any]) -> jax.sharding.Sharding | None:
     """Where the fits of concrete ``arrays`` write their table: the pinned host memory of the GPU they all
-    live on (None elsewhere: a CPU, several devices, numpy or traced inputs). Read back from there, Pythia-70M's
-    5 × 24 table took 0.44-0.55 instead of 0.83 ms from dispatch, Pythia-1B's 3.09-3.15 instead of 3.47-3.50
-    (H200, 2026-12-03): the copy of a small result out of device memory costs more than its program's tail."""
-    device_sets = _device_sets(arrays)
-    if device_sets is None or None in device_sets:
-        return None
-    devices = set().union(*device_sets)
-    return _pinned_host(devices.pop()) if len(devices) == 1 else None
+    live on (None elsewhere: a CPU, several devices, numpy or traced inputs). Read back from there,
+    Pythia-70M's 5 × 24 table took 0.44-0.55 instead of 0.83 ms from dispatch, Pythia-1B's 3.09-3.15 instead
+    of 3.47-3.50 (H200, 2026-12-03): the copy of a small result out of device memory costs more than its
+    program's tail."""
+    return _placement(arrays)[1]
 
 
 @functools.lru_cache(maxsize=None)
@@ -491,8 +491,7 @@ def fit_arrays(names: Sequence[str], arrays: Sequence[Any], trims: Sequence[floa
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}; got {protocol!r}")
-    program = _fit_program(tuple(map(trim_fraction, trims)), protocol, center, counts_in_shared_memory(arrays),
-                           host_memory(arrays))
+    program = _fit_program(tuple(map(trim_fraction, trims)), protocol, center, *_placement(arrays))
     return _checked_fits(names, arrays, program, protocol)
 
 

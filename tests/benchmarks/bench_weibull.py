@@ -98,8 +98,7 @@ def breakdown(params, repeats: int) -> dict[str, float]:
 
 def _program(leaves):
     """The call's program: its kernels (a CUDA GPU) and its table's memory (a GPU's pinned host memory)."""
-    return weibull._fit_program((0.1,), "histogram", False, weibull.counts_in_shared_memory(leaves),
-                                weibull.host_memory(leaves))
+    return weibull._fit_program((0.1,), "histogram", False, *weibull._placement(leaves))
 
 
 if __name__ == "__main__":
