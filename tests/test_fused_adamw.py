@@ -21,9 +21,9 @@ import numpy as np
 import optax
 import pytest
 
-from weibull_jax import forces, fused_adamw, tree
+from weibull_jax import forces, fused_adamw, pallas_triton, tree
 
-pytestmark = pytest.mark.skipif(not fused_adamw.AVAILABLE, reason="this JAX has no Pallas Triton backend")
+pytestmark = pytest.mark.skipif(not pallas_triton.AVAILABLE, reason="this JAX has no Pallas Triton backend")
 
 B1, B2, EPS, WD, CLIP = 0.9, 0.95, 1e-8, 0.1, 1.0
 U32 = 2.0 ** -24

@@ -36,7 +36,8 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from train import checkpoints, records
-from weibull_jax import convert, data, forces, fused_adamw, models, optim, probe, sharding, snapshots, spectra, tree
+from weibull_jax import (convert, data, forces, fused_adamw, models, optim, pallas_triton, probe, sharding, snapshots,
+                         spectra, tree)
 
 
 @flax.struct.dataclass
@@ -76,7 +77,8 @@ def make_train_step(model_config: models.ModelConfig, optimizer: optax.GradientT
                     schedule: optax.Schedule, weight_decay: Any, adam: dict | None = None,
                     record_forces: bool = True, probe_weight: Callable | None = None,
                     leaf_lr: Callable | None = None, shardings: TrainState | None = None,
-                    batch_sharding: jax.sharding.NamedSharding | None = None, fused: bool = False) -> Callable:
+                    batch_sharding: jax.sharding.NamedSharding | None = None, fused: bool = False,
+                    fused_loss: bool | None = None) -> Callable:
     """``step(state, batch) -> (state, metrics)``, jitted, donating ``state``.
 
     Args:
@@ -93,14 +95,17 @@ def make_train_step(model_config: models.ModelConfig, optimizer: optax.GradientT
       shardings, batch_sharding: where the state and the batch live on a mesh (:func:`state_shardings`,
         :func:`weibull_jax.sharding.batch_sharding`); the metrics come back replicated. The same function on
         any mesh: XLA adds the collectives. None: one device.
-      fused: AdamW's step and its forces in one kernel per matrix (:mod:`weibull_jax.fused_adamw`: the forces
-        without a second pass over the weights and moments) where ``adam`` and ``record_forces`` are set, the
-        mesh has one device and this JAX has Pallas' Triton backend; for a GPU (elsewhere the kernel runs in
-        Pallas' interpreter: the tests' path).
+      fused: for a mesh of one device: AdamW's step and its forces in one kernel per matrix
+        (:mod:`weibull_jax.fused_adamw`: the forces without a second pass over the weights and moments) where
+        ``adam`` and ``record_forces`` are set and this JAX has Pallas' Triton backend; for a GPU (elsewhere
+        the kernel runs in Pallas' interpreter: the tests' path).
+      fused_loss: for a mesh of one device, the loss and its gradient in one kernel on a GPU
+        (:mod:`weibull_jax.cross_entropy`; XLA's passes on other backends). None: as ``fused``.
     """
-    loss_fn = probe.make_loss(models.CausalLM(model_config), probe_weight)
-    fused = (fused and fused_adamw.AVAILABLE and adam is not None and record_forces
-             and (batch_sharding is None or batch_sharding.mesh.size == 1))
+    one_device = batch_sharding is None or batch_sharding.mesh.size == 1
+    fused_loss = fused if fused_loss is None else fused_loss
+    loss_fn = probe.make_loss(models.CausalLM(model_config), probe_weight, fused_loss and one_device)
+    fused = fused and one_device and pallas_triton.AVAILABLE and adam is not None and record_forces
     constants = None if adam is None else {k: adam[k] for k in ("b1", "b2", "eps")}
 
     def fused_step(state: TrainState, grads, raw_grads, grad_norm, lr):

@@ -34,13 +34,14 @@ from jax._src import core as jax_core
 from jax._src.interpreters import mlir
 from jax.experimental import pallas as pl
 
-try:  # Pallas' Triton backend (deprecated in jax 0.11): its lowering table, Triton's MLIR dialect
+from weibull_jax.pallas_triton import plt
+
+try:  # the Triton backend's lowering table and Triton's MLIR dialect, for the histogram primitive
     from jax._src.lib.mlir import ir
     from jax._src.lib.triton import dialect as tt_dialect
     from jax._src.pallas.triton import lowering as triton_lowering
-    from jax.experimental.pallas import triton as plt
-except ImportError:  # a jax without it: no kernel, and the callers keep their scatter-add
-    triton_lowering = plt = None
+except ImportError:  # a jax without them: no kernel, and the callers keep their scatter-add
+    triton_lowering = None
 
 
 def _bincount_reference(keys, mask, *, length):
@@ -68,7 +69,7 @@ def block_bincount(keys: jax.Array, mask: jax.Array, length: int) -> jax.Array:
 @functools.lru_cache(maxsize=None)
 def available() -> bool:
     """Whether :func:`row_counts` compiles here: Pallas' Triton backend on a CUDA GPU (asked once)."""
-    if triton_lowering is None or jax.default_backend() != "gpu":
+    if triton_lowering is None or plt is None or jax.default_backend() != "gpu":
         return False
     return "cuda" in jax.devices()[0].client.platform_version.lower()
 

@@ -18,8 +18,8 @@ The results agree with optax's to float32 rounding, not bit for bit (a compiler 
 rounding or not).
 
 On a GPU the kernel is Pallas' Triton backend; anywhere else it runs in Pallas' interpreter (the tests'
-path). ``AVAILABLE`` says whether this JAX has that backend; a mesh of several devices is not supported. The
-training program steps this way on one GPU and keeps optax's update otherwise.
+path). ``pallas_triton.AVAILABLE`` says whether this JAX has that backend; a mesh of several devices is not
+supported. The training program steps this way on one GPU and keeps optax's update otherwise.
 
 Measured on an H200 (2026-12-03, ``bench_train_step.py``, Pythia-70M, 24 × 512): the forces cost 2.1 % of
 the step this way against 2.9 % read after optax's update (11.53 against 11.62 ms; the step without them
@@ -46,12 +46,8 @@ import optax
 from jax.experimental import pallas as pl
 
 from weibull_jax import forces
+from weibull_jax.pallas_triton import plt
 
-try:  # Pallas' Triton backend (deprecated in jax 0.11 in favour of Mosaic GPU): where it is gone, so is the kernel
-    from jax.experimental.pallas import triton as plt
-except ImportError:
-    plt = None
-AVAILABLE = plt is not None and hasattr(plt, "load") and hasattr(plt, "store")
 
 BLOCK = 2048  # weights a program steps (a power of two)
 NUM_WARPS = 4

@@ -23,8 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from weibull_jax import models
-from weibull_jax.models import layers
+from weibull_jax import cross_entropy, models
 
 TEMPLATES = (  # (KEY, QUERY): the codeword stands at {}, always at the end of the QUERY
     ("The secret code is {}.", "What is the secret code? {}"),
@@ -162,11 +161,11 @@ def eval_set(task: ProbeTask, size: int, seq_len: int, gap: tuple[int, int], see
     return {"tokens": tokens, "probe_mask": mask}
 
 
-def probe_loss(logits: jax.Array, tokens: jax.Array, probe_mask: jax.Array) -> jax.Array:
-    """Mean cross-entropy of the next token at the masked positions (0 when none is masked)."""
-    loss = layers.token_cross_entropy(logits, jnp.roll(tokens, -1, axis=-1))
-    count = jnp.sum(probe_mask)
-    return jnp.sum(jnp.where(probe_mask, loss, 0.0)) / jnp.maximum(count, 1)
+def probe_loss(logits: jax.Array, tokens: jax.Array, probe_mask: jax.Array, fused: bool = False) -> jax.Array:
+    """Mean cross-entropy of the next token at the masked positions (0 when none is masked); ``fused`` as in
+    :func:`make_loss`."""
+    return cross_entropy.mean_cross_entropy(logits, jnp.roll(tokens, -1, axis=-1), probe_mask,
+                                            "kernel" if fused else "xla")
 
 
 def correct(logits: jax.Array, tokens: jax.Array, probe_mask: jax.Array) -> jax.Array:
@@ -182,22 +181,25 @@ def weight_schedule(weights: tuple[tuple[int, float], ...]):
     return lambda step: values[jnp.clip(jnp.searchsorted(starts, step, side="right") - 1, 0, len(weights) - 1)]
 
 
-def make_loss(model, probe_weight=None):
+def make_loss(model, probe_weight=None, fused: bool = False):
     """``loss(params, batch, step) -> (loss, parts)`` of a run: L_LM on token batches (``probe_weight`` None),
-    or :func:`objective` with λ_probe = ``probe_weight(step)`` on ``{"tokens", "probe_mask"}`` batches."""
+    or :func:`objective` with λ_probe = ``probe_weight(step)`` on ``{"tokens", "probe_mask"}`` batches.
+    ``fused``: the losses and their gradients in one kernel on a CUDA GPU, for one device
+    (:mod:`weibull_jax.cross_entropy`)."""
 
     def loss(params, batch, step):
         if probe_weight is None:
-            return models.next_token_loss(model.apply({"params": params}, batch), batch), {}
-        return objective(model.apply({"params": params}, batch["tokens"]), batch, probe_weight(step))
+            return models.next_token_loss(model.apply({"params": params}, batch), batch, fused), {}
+        return objective(model.apply({"params": params}, batch["tokens"]), batch, probe_weight(step), fused)
 
     return loss
 
 
-def objective(logits: jax.Array, batch: dict[str, jax.Array], weight: jax.Array) -> tuple[jax.Array, dict]:
+def objective(logits: jax.Array, batch: dict[str, jax.Array], weight: jax.Array,
+              fused: bool = False) -> tuple[jax.Array, dict]:
     """L_LM + λ_probe·L_probe (Eq. 1) and its two parts, for a batch ``{"tokens", "probe_mask"}``."""
-    lm = models.next_token_loss(logits, batch["tokens"])
-    retrieval = probe_loss(logits, batch["tokens"], batch["probe_mask"])
+    lm = models.next_token_loss(logits, batch["tokens"], fused)
+    retrieval = probe_loss(logits, batch["tokens"], batch["probe_mask"], fused)
     return lm + weight * retrieval, {"lm_loss": lm, "probe_loss": retrieval}
 
 

@@ -8,9 +8,10 @@ whole chain for one row in one program, its values in registers:
 .. math:: \mathrm{out}[r, j] = f_j(x_1[r], \dots, x_m[r]),
 
 where ``f`` is written in jax.numpy over ``(1, width)`` blocks, reducing along the last axis. The kernel is
-Pallas' Triton backend, for a GPU (deprecated in jax 0.11: where it is gone, :data:`AVAILABLE` is False;
-callers choose it as their program lowers, ``jax.lax.platform_dependent``); with ``interpret`` Pallas'
-interpreter runs it on any backend (the tests' path). A program's sums are the Triton reduction's tree, fixed for
+Pallas' Triton backend, for a GPU (deprecated in jax 0.11: where it is gone,
+:data:`weibull_jax.pallas_triton.AVAILABLE` is False; callers choose it as their program lowers,
+``jax.lax.platform_dependent``); with ``interpret`` Pallas' interpreter runs it on any backend (the tests'
+path). A program's sums are the Triton reduction's tree, fixed for
 the row, so a row's result does not depend on the batch it is in. XLA does not partition the kernel: in a
 program over several devices it gathers the operands onto each (meant for small ones, like the fits'
 counts; not measured on several GPUs).
@@ -29,11 +30,8 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-try:
-    from jax.experimental.pallas import triton as plt
-except ImportError:
-    plt = None
-AVAILABLE = plt is not None
+from weibull_jax.pallas_triton import plt
+
 
 NUM_WARPS = 4  # Pythia-70M's 24 fits: 0.078 ms, against 0.113, 0.090, 0.075 with 1, 2, 8 (H200, 2026-12-04)
 

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import gammaln
 
-from weibull_jax import bincount, rowwise
+from weibull_jax import bincount, pallas_triton, rowwise
 from weibull_jax import tree as tree_lib
 
 LOG10_RANGE = (-12.0, 2.0)
@@ -372,7 +372,7 @@ def _fit_arrays(arrays: tuple[jax.Array, ...], trims: tuple[float, ...], protoco
     if protocol == "histogram":
         slots = log10_histogram(rows, center, kernel)
         xla = functools.partial(_binned_table, trims=trims)
-        if not rowwise.AVAILABLE:
+        if not pallas_triton.AVAILABLE:
             return xla(slots)
         return jax.lax.platform_dependent(slots, cuda=functools.partial(_binned_table_in_kernel, trims=trims),
                                           default=xla)

@@ -5,10 +5,12 @@
 Forward + backward + AdamW (lr 1e-3, β = (0.9, 0.95), ε = 1e-8, weight decay 0.01, cosine schedule) on
 random tokens, bf16 compute with float32 weights on both sides:
 
-* ``jax``: :func:`train.train.make_train_step` without forces;
-* ``jax+forces``: the same step returning the five-term budget of every matrix: on a GPU and one device,
-  AdamW and the budget's sums in one kernel per matrix (``weibull_jax.fused_adamw``, as the training program
-  steps); ``jax+forces-xla``: optax's update, the budget read from the new moments in a second pass;
+* ``jax``: :func:`train.train.make_train_step` without forces, as the training program steps: on a GPU and
+  one device the loss and its gradient in one kernel (``weibull_jax.cross_entropy``);
+* ``jax+forces``: the same step returning the five-term budget of every matrix, there with AdamW and the
+  budget's sums in one kernel per matrix (``weibull_jax.fused_adamw``);
+* ``jax-xla``, ``jax+forces-xla``: the same without the kernels: XLA's passes for the loss, optax's update,
+  the budget read from the new moments in a second pass;
 * ``torch``: ``GPTNeoXForCausalLM`` (SDPA attention) under ``torch.autocast(bfloat16)`` with fused
   ``torch.optim.AdamW``, eager; ``torch.compile``: the model compiled; ``torch+forces``: eager, reading
   ``exp_avg``/``exp_avg_sq`` after each step to form the same budget (the peer's way to get the forces).
@@ -30,7 +32,7 @@ import subprocess
 import sys
 import time
 
-VARIANTS = ("jax", "jax+forces", "jax+forces-xla", "torch", "torch.compile", "torch+forces")
+VARIANTS = ("jax", "jax-xla", "jax+forces", "jax+forces-xla", "torch", "torch.compile", "torch+forces")
 PEAK_BF16 = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}  # dense tensor-core FLOP/s (SXM data sheets)
 LR, B1, B2, EPS, WD, WARMUP, TOTAL = 1e-3, 0.9, 0.95, 1e-8, 0.01, 200, 20_000
 
@@ -176,7 +178,7 @@ def run_torch(args, compiled: bool, forces: bool) -> dict:
 
 def run_variant(args) -> dict:
     if args.variant.startswith("jax"):
-        return run_jax(args, forces=args.variant != "jax", fused=args.variant == "jax+forces")
+        return run_jax(args, forces="forces" in args.variant, fused=not args.variant.endswith("-xla"))
     return run_torch(args, compiled=args.variant == "torch.compile", forces=args.variant == "torch+forces")
 
 
@@ -233,10 +235,10 @@ def main() -> None:
         causal = flops.training_flops_per_token(preset(args.preset), args.seq, causal=True)
         print(f"MFU: {per_token / 1e9:.3f} GFLOP a token (6N + 12·L·T·d_attn, PaLM's count; {causal / 1e9:.3f} with "
               f"the causal half of the attention) over {peak / 1e12:.1f} TFLOP/s dense bf16")
-    for variant in ("jax+forces", "jax+forces-xla"):
-        if "jax" in results and variant in results:
-            cost = results[variant]["seconds_per_step"] / results["jax"]["seconds_per_step"] - 1
-            print(f"cost of the forces in the jitted step ({variant}): {100 * cost:+.1f} %")
+    for variant, without in (("jax+forces", "jax"), ("jax+forces-xla", "jax-xla")):
+        if without in results and variant in results:
+            cost = results[variant]["seconds_per_step"] / results[without]["seconds_per_step"] - 1
+            print(f"cost of the forces in the jitted step ({variant} over {without}): {100 * cost:+.1f} %")
 
 
 if __name__ == "__main__":
