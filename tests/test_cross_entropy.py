@@ -119,6 +119,15 @@ def test_the_backward_scales_by_the_cotangent_and_an_empty_mask_gives_zero(path)
     assert float(value) == 0.0 and not np.any(nothing)
 
 
+@pytest.mark.parametrize("path", ["xla", pytest.param("kernel", marks=NEEDS_KERNEL)])
+def test_a_target_outside_the_vocabulary_gives_nan(path):
+    """A token id the logits have no column for is a NaN loss (which stops a run), never another logit."""
+    z, targets = _logits(rows=4)
+    targets[1], targets[2] = z.shape[1], -1
+    losses, _ = _rows(path, jnp.asarray(z), targets, None, 64)
+    assert np.isnan(np.asarray(losses)).tolist() == [False, True, True, False]
+
+
 @NEEDS_KERNEL
 def test_the_kernel_runs_only_in_programs_lowered_for_cuda():
     """``path="kernel"`` is XLA's passes in a program lowered for a CPU, the Triton kernel in one for CUDA."""

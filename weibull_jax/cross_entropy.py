@@ -72,8 +72,8 @@ def _kernel(logits_ref, targets_ref, weights_ref, loss_ref, *grad_ref, vocab: in
 
     top, sums = over_blocks(accumulate, (jnp.float32(-jnp.inf), jnp.zeros(block, jnp.float32)))
     log2_z = top + jnp.log2(jnp.sum(sums))
-    picked = logits_ref[pl.ds(target, 1)].astype(jnp.float32) * LOG2E
-    loss_ref[...] = (log2_z - picked) * LN2
+    picked = logits_ref[pl.ds(jnp.clip(target, 0, vocab - 1), 1)].astype(jnp.float32) * LOG2E
+    loss_ref[...] = jnp.where((target >= 0) & (target < vocab), (log2_z - picked) * LN2, jnp.nan)
     if grad_ref:
         weight, out = weights_ref[...], grad_ref[0]
 
@@ -113,11 +113,13 @@ def kernel_rows(logits: jax.Array, targets: jax.Array, weights: jax.Array | None
 
 
 def xla_rows(logits: jax.Array, targets: jax.Array, weights: jax.Array | None = None):
-    """Per row of ``logits`` (rows, V), ``log Σ_v exp z_v − z_t`` in float32 and, given ``weights`` (rows,),
-    the gradient of Σ_r weights_r·loss_r in the logits' dtype (else None)."""
+    """Per row of ``logits`` (rows, V), ``log Σ_v exp z_v − z_t`` in float32 (NaN where t is not in [0, V)) and,
+    given ``weights`` (rows,), the gradient of Σ_r weights_r·loss_r in the logits' dtype (else None)."""
     z = logits.astype(jnp.float32)
     log_z = jax.nn.logsumexp(z, axis=-1)
-    losses = log_z - jnp.take_along_axis(z, targets[:, None], axis=-1)[:, 0]
+    vocab = logits.shape[-1]
+    picked = jnp.take_along_axis(z, jnp.clip(targets, 0, vocab - 1)[:, None], axis=-1)[:, 0]
+    losses = jnp.where((targets >= 0) & (targets < vocab), log_z - picked, jnp.nan)
     if weights is None:
         return losses, None
     onehot = jnp.arange(logits.shape[-1]) == targets[:, None]
