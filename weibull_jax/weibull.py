@@ -417,13 +417,15 @@ def _split_rows(table: Any, arrays: Sequence[Any]) -> list[list[WeibullFit]]:
     """Per-trim, per-array fits from the ``(4·trims [+ 1], rows)`` table of all rows (numpy or traced).
 
     A matrix's fit is its column's (k, λ, R², KS), all columns made in one pass (``map(WeibullFit, *fit)``:
-    0.5 µs a matrix, where unpacking each column's view took 2 µs); a stack's fit is its block of columns.
+    0.5 µs a matrix, where unpacking each column's view took 2 µs, made only where there is a matrix); a stack's
+    fit is its block of columns.
     """
     shapes = [batch_shape(w) for w in arrays]
     starts = list(itertools.accumulate((math.prod(s) for s in shapes), initial=0))
+    any_matrix = not all(shapes)
 
     def split(fit):
-        columns = list(map(WeibullFit, *fit))
+        columns = list(map(WeibullFit, *fit)) if any_matrix else []
         return [WeibullFit(*fit[:, first:last].reshape(4, *shape)) if shape else columns[first]
                 for shape, first, last in zip(shapes, starts, starts[1:])]
 
