@@ -122,7 +122,7 @@ def xla_rows(logits: jax.Array, targets: jax.Array, weights: jax.Array | None = 
     losses = jnp.where((targets >= 0) & (targets < vocab), log_z - picked, jnp.nan)
     if weights is None:
         return losses, None
-    onehot = jnp.arange(logits.shape[-1]) == targets[:, None]
+    onehot = jnp.arange(vocab) == targets[:, None]
     return losses, ((jnp.exp(z - log_z[:, None]) - onehot) * weights[:, None]).astype(logits.dtype)
 
 

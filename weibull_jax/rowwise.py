@@ -11,10 +11,9 @@ where ``f`` is written in jax.numpy over ``(1, width)`` blocks, reducing along t
 Pallas' Triton backend, for a GPU (deprecated in jax 0.11: where it is gone,
 :data:`weibull_jax.pallas_triton.AVAILABLE` is False; callers choose it as their program lowers,
 ``jax.lax.platform_dependent``); with ``interpret`` Pallas' interpreter runs it on any backend (the tests'
-path). A program's sums are the Triton reduction's tree, fixed for
-the row, so a row's result does not depend on the batch it is in. XLA does not partition the kernel: in a
-program over several devices it gathers the operands onto each (meant for small ones, like the fits'
-counts; not measured on several GPUs).
+path). A program's sums are the Triton reduction's tree, fixed for the row, so a row's result does not
+depend on the batch it is in. XLA does not partition the kernel: in a program over several devices it
+gathers the operands onto each (meant for small ones, like the fits' counts; not measured on several GPUs).
 
 The fits use it (``weibull._binned_table_in_kernel``): on an H200 (2026-12-04, jax 0.11.2,
 ``tests/benchmarks/bench_weibull.py``) the fit of Pythia-70M's 24 × 1,024 counts took 116-145 µs against
