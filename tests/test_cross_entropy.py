@@ -98,9 +98,37 @@ def test_mean_loss_and_its_gradient_match_float64(path):
     weights = mask / count
     rows, want_grad, loss_bound, grad_bound = _bounds(z, targets, weights, path, cross_entropy.BLOCK)
     want = rows[mask].mean()
-    assert abs(float(loss) - want) <= 2 * (loss_bound[mask].mean() + len(z) * U32 * np.abs(rows[mask]).mean())
+    # each term ℓ_r·(1/N) rounded twice (1/N, the product), then a sum of len(z) terms
+    assert abs(float(loss) - want) <= 2 * (loss_bound[mask].mean() + (len(z) + 2) * U32 * np.abs(rows[mask]).mean())
     assert np.all(np.abs(np.asarray(grad, np.float64) - want_grad) <= 2 * grad_bound)
     assert np.all(np.asarray(grad)[~mask] == 0)
+
+
+@pytest.mark.parametrize("path", ["xla", pytest.param("kernel", marks=NEEDS_KERNEL)])
+def test_weighted_sum_its_gradient_and_the_losses_match_float64(path):
+    """Any weights: Σ w·ℓ and its gradient w·(p − onehot); ℓ itself, which carries no gradient; a NaN loss of
+    weight 0 (a target outside the vocabulary) left out of the sum."""
+    z, targets = _logits(rows=16)
+    targets[5] = -1
+    weights = np.random.default_rng(3).uniform(0.0, 2.0, len(z)).astype(np.float32)
+    weights[[0, 5, 9]] = 0.0
+    path = "interpret" if path == "kernel" and not ON_GPU else path
+
+    def total_and_losses(x):
+        total, losses = cross_entropy.weighted_cross_entropy(x, jnp.asarray(targets), jnp.asarray(weights), path)
+        return total + jnp.sum(jnp.where(jnp.isnan(losses), 0.0, losses)), (total, losses)
+
+    grad, (total, losses) = jax.grad(total_and_losses, has_aux=True)(jnp.asarray(z))
+    kept = weights != 0
+    rows, want_grad, loss_bound, grad_bound = _bounds(z, np.where(kept, targets, 0), weights, path,
+                                                      cross_entropy.BLOCK)
+    assert np.isnan(np.asarray(losses)).tolist() == [i == 5 for i in range(len(z))]
+    assert np.all(np.abs(np.asarray(losses)[kept] - rows[kept]) <= 2 * loss_bound[kept])
+    want = np.sum(weights * np.where(kept, rows, 0.0))
+    bound = np.sum(weights * (loss_bound + (len(z) + 1) * U32 * np.abs(rows)), where=kept)
+    assert abs(float(total) - want) <= 2 * bound
+    assert np.all(np.abs(np.asarray(grad, np.float64) - want_grad) <= 2 * grad_bound)
+    assert np.all(np.asarray(grad)[~kept] == 0)
 
 
 @pytest.mark.parametrize("path", ["xla", pytest.param("kernel", marks=NEEDS_KERNEL)])

@@ -2,6 +2,7 @@
 
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -102,6 +103,45 @@ def test_probe_loss_and_accuracy_against_numpy():
     fraction = probe.accuracy(lambda t: jnp.asarray(logits)[: t.shape[0]], jnp.asarray(tokens), jnp.asarray(mask),
                               chunk=3)
     assert abs(float(fraction) - 1 / 3) < 1e-6
+
+
+def test_objective_and_its_gradient_against_float64():
+    """L_LM + λ·L_probe from one weighted pass: the value, both parts, and the gradient
+    [scored]/N·(p − onehot) + λ·[probe]/N_p·(p − onehot), against numpy in float64.
+
+    Error bound (float32, u = 2⁻²⁴): a position's loss within u·(V + 2|z| + 8) of its value (the sums of V
+    exponentials, the log and the differences), its gradient within w·(p·that + 4u), the means within their
+    R + 2 rounded terms; the test allows twice that.
+    """
+    rng = np.random.default_rng(4)
+    logits = rng.normal(0, 3, size=(3, 8, 11)).astype(np.float32)
+    tokens = rng.integers(0, 11, (3, 8))
+    mask = np.zeros((3, 8), bool)
+    mask[0, 2] = mask[1, 5] = mask[2, 6] = mask[2, 3] = True
+    weight = 2.5
+    z = logits.astype(np.float64)
+    log_p = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    targets = np.roll(tokens, -1, axis=-1)
+    losses = -np.take_along_axis(log_p, targets[..., None], -1)[..., 0]
+    scored = np.broadcast_to(np.arange(8) < 7, tokens.shape)
+    w = scored / scored.sum() + weight * mask / mask.sum()
+    lm, retrieval = losses[scored].mean(), losses[mask].mean()
+    grad = (np.exp(log_p) - (np.arange(11) == targets[..., None])) * w[..., None]
+
+    def total(x):
+        return probe.objective(x, {"tokens": jnp.asarray(tokens), "probe_mask": jnp.asarray(mask)}, weight)
+
+    (value, parts), got = jax.value_and_grad(total, has_aux=True)(jnp.asarray(logits))
+    u = 2.0 ** -24
+    position = u * (11 + 2 * np.abs(z).max() + 8)
+
+    def mean_bound(mean):
+        return 2 * (position + (tokens.size + 2) * u * abs(mean))
+
+    assert abs(float(parts["lm_loss"]) - lm) <= mean_bound(lm)
+    assert abs(float(parts["probe_loss"]) - retrieval) <= mean_bound(retrieval)
+    assert abs(float(value) - (lm + weight * retrieval)) <= mean_bound(lm) + weight * mean_bound(retrieval)
+    assert np.all(np.abs(np.asarray(got, np.float64) - grad) <= 2 * w[..., None] * (np.exp(log_p) * position + 4 * u))
 
 
 def test_weight_schedule_doubles_at_step_4000():

@@ -1,20 +1,19 @@
 r"""The language-model loss and its gradient in one pass over the logits (a Pallas kernel).
 
-For logits z (rows × V), targets t and a mask of the positions scored (N of them),
+For logits z (rows × V), targets t and weights w (a mean over N scored positions: w_r = [r scored]/N),
 
-.. math:: L = \frac1N \sum_{r\,\mathrm{scored}} \big(\log\textstyle\sum_v e^{z_{rv}} - z_{r t_r}\big),\qquad
-   \frac{\partial L}{\partial z_{rv}} = \frac{[r\ \mathrm{scored}]}{N}\big(\mathrm{softmax}(z_r)_v - [v = t_r]\big).
+.. math:: L = \sum_r w_r \big(\log\textstyle\sum_v e^{z_{rv}} - z_{r t_r}\big),\qquad
+   \frac{\partial L}{\partial z_{rv}} = w_r\big(\mathrm{softmax}(z_r)_v - [v = t_r]\big).
 
 The gradient does not depend on anything the backward pass brings but the scalar cotangent ḡ, so
-:func:`mean_cross_entropy`'s forward rule computes it with the loss and keeps it in place of the logits; the
+:func:`weighted_cross_entropy`'s forward rule computes it with the loss and keeps it in place of the logits; the
 backward returns ḡ·∂L/∂z, which XLA reduces to the kept array itself when ḡ is the constant 1 that
 ``jax.grad`` of the loss seeds (the multiply and the two conversions fold away). Written the usual way (the
 log-sum-exp in the forward pass, softmax − onehot in the backward) XLA reads the logits three times and writes
 their gradient once, in three kernels. The kernel (:func:`kernel_rows`, one Triton program a row) reads each
 row twice and writes its gradient: block by block it takes the block's maximum m_b, rescales the running sums
-by e^{m − m_b} (the online softmax) and adds e^{z − m_b}; then it writes (e^{z − lse} − [v = t])·w, w =
-[scored]/N. It works in base 2 (the GPU's exponential), reads the target's logit alone, and masks only the
-last, partial block.
+by e^{m − m_b} (the online softmax) and adds e^{z − m_b}; then it writes (e^{z − lse} − [v = t])·w. It works
+in base 2 (the GPU's exponential), reads the target's logit alone, and masks only the last, partial block.
 
 On an H200 (2026-12-04, jax 0.11.2; ``bench_train_step.py --variants jax,jax-xla --profile DIR``, Pythia-70M
 at 24 × 512, logits 12,288 × 50,304 in bfloat16) the kernel took 944 µs of the step against XLA's 1,507 µs
@@ -139,37 +138,61 @@ def _rows(logits, targets, weights, path: str):
     return jax.lax.platform_dependent(flat, flat_targets, cuda=kernel, default=xla)
 
 
-def _count(mask):
-    return jnp.maximum(jnp.sum(mask, dtype=jnp.float32), 1.0)
+def mean_weights(mask: jax.Array) -> jax.Array:
+    """[mask]/N, N = max(Σ mask, 1): the weights of a mean over the positions where ``mask`` holds."""
+    return jnp.where(mask, 1.0 / jnp.maximum(jnp.sum(mask, dtype=jnp.float32), 1.0), 0.0)
 
 
-def _masked_mean(losses, mask):
-    return jnp.sum(jnp.where(mask.reshape(-1), losses, 0.0)) / _count(mask)
+def masked_mean(losses: jax.Array, mask: jax.Array) -> jax.Array:
+    """The mean of ``losses`` where ``mask`` holds (0 if it holds nowhere); a NaN elsewhere does not count."""
+    return jnp.sum(jnp.where(mask, losses, 0.0) * mean_weights(mask))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def mean_cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array, path: str = "xla") -> jax.Array:
-    """The mean over the positions where ``mask`` holds of −log softmax(logits)[target], float32 (0 if none).
-
-    Args:
-      logits: (..., V) in any float dtype; targets: (...) int; mask: (...) bool, the positions scored.
-      path: ``"kernel"``: the kernel on a CUDA GPU, XLA elsewhere (one device only); ``"xla"``: XLA
-        everywhere; ``"interpret"``: the kernel in Pallas' interpreter (tests).
-
-    Its gradient with respect to the logits is formed in the forward pass, in the logits' dtype.
-    """
-    return _masked_mean(_rows(logits, targets, None, path)[0], mask)
+def path_for(fused: bool) -> str:
+    """The ``path`` of a caller's ``fused`` flag: the kernel on a CUDA GPU, or XLA's passes everywhere."""
+    return "kernel" if fused else "xla"
 
 
-def _forward(logits, targets, mask, path):
-    weights = jnp.where(mask, 1.0 / _count(mask), 0.0)
-    losses, grad = _rows(logits, targets, weights, path)
-    return _masked_mean(losses, mask), grad.reshape(logits.shape)
+def _weighted_sum(losses, weights):
+    return jnp.sum(jnp.where(weights != 0, losses * weights, 0.0))
 
 
-def _backward(path, grad, g):
+def _forward(logits, targets, weights, path):
+    losses, grad = _rows(logits, targets, weights.astype(jnp.float32), path)
+    losses = losses.reshape(targets.shape)
+    return (_weighted_sum(losses, weights), losses), grad.reshape(logits.shape)
+
+
+def _backward(path, grad, cotangents):
     del path
+    g, _ = cotangents  # the losses are constants to autodiff: their cotangent is dropped
     return (grad.astype(jnp.float32) * g).astype(grad.dtype), None, None
 
 
-mean_cross_entropy.defvjp(_forward, _backward)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def weighted_cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Array,
+                           path: str = "xla") -> tuple[jax.Array, jax.Array]:
+    r"""(Σ_r w_r ℓ_r, ℓ): the weighted sum of the positions' losses ℓ_r = −log softmax(z_r)[t_r], and ℓ.
+
+    Args:
+      logits: (..., V) in any float dtype; targets: (...) int; weights: (...) float, 0 where a position does
+        not count (its loss, even a NaN, is then left out of the sum).
+      path: ``"kernel"``: the kernel on a CUDA GPU, XLA elsewhere (one device only); ``"xla"``: XLA
+        everywhere; ``"interpret"``: the kernel in Pallas' interpreter (tests).
+
+    Only the sum is differentiable: its gradient w_r·(softmax(z_r) − onehot(t_r)), in the logits' dtype, is
+    formed in the forward pass; ℓ (float32) is a constant to autodiff (as under ``stop_gradient``). One pass
+    serves several means over the same logits: a loss of two terms (:func:`weibull_jax.probe.objective`),
+    each term then read from ℓ.
+    """
+    losses = _rows(logits, targets, None, path)[0].reshape(targets.shape)
+    return _weighted_sum(losses, weights), losses
+
+
+weighted_cross_entropy.defvjp(_forward, _backward)
+
+
+def mean_cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array, path: str = "xla") -> jax.Array:
+    """The mean over the positions where ``mask`` holds of −log softmax(logits)[target], float32 (0 if none);
+    arguments as :func:`weighted_cross_entropy`'s, with ``mask`` (...) bool the positions scored."""
+    return weighted_cross_entropy(logits, targets, mean_weights(mask), path)[0]

@@ -161,11 +161,9 @@ def eval_set(task: ProbeTask, size: int, seq_len: int, gap: tuple[int, int], see
     return {"tokens": tokens, "probe_mask": mask}
 
 
-def probe_loss(logits: jax.Array, tokens: jax.Array, probe_mask: jax.Array, fused: bool = False) -> jax.Array:
-    """Mean cross-entropy of the next token at the masked positions (0 when none is masked); ``fused`` as in
-    :func:`make_loss`."""
-    return cross_entropy.mean_cross_entropy(logits, jnp.roll(tokens, -1, axis=-1), probe_mask,
-                                            "kernel" if fused else "xla")
+def probe_loss(logits: jax.Array, tokens: jax.Array, probe_mask: jax.Array) -> jax.Array:
+    """Mean cross-entropy of the next token at the masked positions (0 when none is masked)."""
+    return cross_entropy.mean_cross_entropy(logits, models.next_token_targets(tokens)[0], probe_mask)
 
 
 def correct(logits: jax.Array, tokens: jax.Array, probe_mask: jax.Array) -> jax.Array:
@@ -197,10 +195,18 @@ def make_loss(model, probe_weight=None, fused: bool = False):
 
 def objective(logits: jax.Array, batch: dict[str, jax.Array], weight: jax.Array,
               fused: bool = False) -> tuple[jax.Array, dict]:
-    """L_LM + λ_probe·L_probe (Eq. 1) and its two parts, for a batch ``{"tokens", "probe_mask"}``."""
-    lm = models.next_token_loss(logits, batch["tokens"], fused)
-    retrieval = probe_loss(logits, batch["tokens"], batch["probe_mask"], fused)
-    return lm + weight * retrieval, {"lm_loss": lm, "probe_loss": retrieval}
+    """L_LM + λ_probe·L_probe (Eq. 1) and its two parts, for a batch ``{"tokens", "probe_mask"}``.
+
+    One cross-entropy pass over the logits with the weights [scored]/N + λ·[probe]/N_probe, its gradient
+    that of the sum; each part is the mean of the positions' losses over its mask. ``fused`` as in
+    :func:`make_loss`.
+    """
+    targets, scored = models.next_token_targets(batch["tokens"])
+    weights = cross_entropy.mean_weights(scored) + weight * cross_entropy.mean_weights(batch["probe_mask"])
+    total, losses = cross_entropy.weighted_cross_entropy(logits, targets, weights, cross_entropy.path_for(fused))
+    parts = {"lm_loss": cross_entropy.masked_mean(losses, scored),
+             "probe_loss": cross_entropy.masked_mean(losses, batch["probe_mask"])}
+    return total, parts
 
 
 def accuracy(logits_fn, tokens: jax.Array, probe_mask: jax.Array, chunk: int = 50) -> jax.Array:

@@ -89,14 +89,22 @@ def rotary_attention(config: ModelConfig, q: jax.Array, k: jax.Array, v: jax.Arr
     return out.reshape(*out.shape[:-2], -1)
 
 
+def next_token_targets(tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(targets, scored): position t's target is ``tokens[:, t+1]``, scored for t < T − 1 (the last one's target
+    is a dummy, ``tokens[:, 0]``).
+
+    Losses are taken over all T positions and masked rather than over ``logits[:, :-1]``: the slice's gradient
+    would be a padded copy of the whole (batch, T, vocab) gradient.
+    """
+    scored = jnp.broadcast_to(jnp.arange(tokens.shape[-1]) < tokens.shape[-1] - 1, tokens.shape)
+    return jnp.roll(tokens, -1, axis=-1), scored
+
+
 def next_token_loss(logits: jax.Array, tokens: jax.Array, fused: bool = False) -> jax.Array:
     """Mean cross-entropy of predicting ``tokens[:, t+1]`` from ``logits[:, t]``, t < T − 1.
 
-    Written as a masked mean over all T positions (the target of the last one is a dummy) rather than on
-    ``logits[:, :-1]``: the slice's gradient would be a padded copy of the whole (batch, T, vocab) gradient.
     ``fused``: the loss and its gradient in one kernel on a CUDA GPU, for logits on one device
     (:func:`weibull_jax.cross_entropy.mean_cross_entropy`); else XLA's passes.
     """
-    scored = jnp.broadcast_to(jnp.arange(tokens.shape[-1]) < tokens.shape[-1] - 1, tokens.shape)
-    return cross_entropy.mean_cross_entropy(logits, jnp.roll(tokens, -1, axis=-1), scored,
-                                            "kernel" if fused else "xla")
+    targets, scored = next_token_targets(tokens)
+    return cross_entropy.mean_cross_entropy(logits, targets, scored, cross_entropy.path_for(fused))
