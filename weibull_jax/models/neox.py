@@ -30,7 +30,7 @@ class NeoXAttention(nn.Module):
         s_in, s_out = layers.init_stddevs(c)
         qkv = layers.projection(c, 3 * c.d_model, s_in, True, "qkv", ("embed", "heads"))(x)
         qkv = qkv.reshape(*x.shape[:-1], c.n_heads, 3, c.head_dim)
-        q, k, v = qkv[..., 0, :], qkv[..., 1, :], qkv[..., 2, :]
+        q, k, v = (part[..., 0, :] for part in jnp.split(qkv, 3, axis=-2))  # whose transpose is a concatenation
         out = layers.rotary_attention(c, q, k, v, positions)
         return layers.projection(c, c.d_model, s_out, True, "o", ("heads", "embed"))(out)
 
