@@ -138,6 +138,10 @@ def _rows(logits, targets, weights, path: str):
     return jax.lax.platform_dependent(flat, flat_targets, cuda=kernel, default=xla)
 
 
+def _weighted_sum(losses, weights):
+    return jnp.sum(jnp.where(weights != 0, losses * weights, 0.0))
+
+
 def mean_weights(mask: jax.Array) -> jax.Array:
     """[mask]/N, N = max(Σ mask, 1): the weights of a mean over the positions where ``mask`` holds."""
     return jnp.where(mask, 1.0 / jnp.maximum(jnp.sum(mask, dtype=jnp.float32), 1.0), 0.0)
@@ -145,16 +149,12 @@ def mean_weights(mask: jax.Array) -> jax.Array:
 
 def masked_mean(losses: jax.Array, mask: jax.Array) -> jax.Array:
     """The mean of ``losses`` where ``mask`` holds (0 if it holds nowhere); a NaN elsewhere does not count."""
-    return jnp.sum(jnp.where(mask, losses, 0.0) * mean_weights(mask))
+    return _weighted_sum(losses, mean_weights(mask))
 
 
 def path_for(fused: bool) -> str:
     """The ``path`` of a caller's ``fused`` flag: the kernel on a CUDA GPU, or XLA's passes everywhere."""
     return "kernel" if fused else "xla"
-
-
-def _weighted_sum(losses, weights):
-    return jnp.sum(jnp.where(weights != 0, losses * weights, 0.0))
 
 
 def _forward(logits, targets, weights, path):
