@@ -156,6 +156,29 @@ def test_next_token_loss_and_its_gradient_against_the_closed_form():
     np.testing.assert_allclose(np.asarray(half, np.float32), want_grad, atol=2e-3)
 
 
+def test_gelu_and_its_gradient_against_float64():
+    """Exact GeLU ½x(1 + erf(x/√2)) and its slope Φ(x) + xφ(x) against float64 (scipy's erf).
+
+    float32 (u = 2⁻²⁴): erf's error (taken as 4u), the rounding of x/√2 carried through erf′ ≤ 2/√π, of 1 + erf
+    (≤ 2u) and of the product give |Δ| ≤ (2 + 0.6 + 1)·u·|x| + u·|gelu| < 6u·|x|; the slope's terms, each
+    ≤ 1.2 with a few roundings, |Δ| ≤ 6u. bfloat16 adds one rounding of the float32 value, 2⁻⁸ relative
+    (jax.nn.gelu, which rounds its intermediates to bfloat16, is 4 % off)."""
+    from scipy.special import erf
+
+    def cdf(x):
+        return 0.5 * (1 + erf(x / np.sqrt(2)))
+
+    u = 2.0**-24
+    for dtype, rounding in ((jnp.float32, 0.0), (jnp.bfloat16, 2.0**-8)):
+        x = jnp.asarray(np.linspace(-12, 12, 24_001), dtype)
+        x64 = np.asarray(x, np.float64)
+        want, want_slope = x64 * cdf(x64), cdf(x64) + x64 * np.exp(-0.5 * x64**2) / np.sqrt(2 * np.pi)
+        got, slope = jax.vmap(jax.value_and_grad(models.layers.gelu))(x)
+        assert got.dtype == slope.dtype == dtype
+        assert np.all(np.abs(np.asarray(got, np.float64) - want) <= rounding * np.abs(want) + 7 * u * np.abs(x64))
+        assert np.all(np.abs(np.asarray(slope, np.float64) - want_slope) <= rounding * np.abs(want_slope) + 7 * u)
+
+
 def test_config_checks():
     with pytest.raises(ValueError, match="unknown model family"):
         models.ModelConfig("gpt3", 64, 2, 4, 128, 97)

@@ -42,7 +42,7 @@ class NeoXMLP(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         c = self.config
         s_in, s_out = layers.init_stddevs(c)
-        h = jax.nn.gelu(layers.projection(c, c.d_ff, s_in, True, "ffn_in", ("embed", "mlp"))(x), approximate=False)
+        h = layers.gelu(layers.projection(c, c.d_ff, s_in, True, "ffn_in", ("embed", "mlp"))(x))
         return layers.projection(c, c.d_model, s_out, True, "ffn_out", ("mlp", "embed"))(h)
 
 
