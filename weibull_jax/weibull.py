@@ -354,7 +354,8 @@ def as_rows(w: jax.Array) -> jax.Array:
 
 def batch_shape(w: Any) -> tuple[int, ...]:
     """The batch axes of an array under the convention of :func:`fit_weibull`."""
-    return tuple(w.shape[:-2]) if w.ndim >= 2 else ()
+    shape = w.shape
+    return tuple(shape[:-2]) if len(shape) >= 2 else ()
 
 
 @functools.partial(jax.jit, static_argnames=("trims", "protocol", "center", "kernel"))
@@ -434,16 +435,19 @@ def _split_rows(table: Any, arrays: Sequence[Any]) -> list[list[WeibullFit]]:
 
 def check_array(name: str, w: Any) -> None:
     """Checks that need no data: a floating dtype (float16/32/64, bfloat16, float8) and enough values."""
-    if not (hasattr(w, "shape") and hasattr(w, "dtype")):
+    try:  # an array's shape and dtype are hashable as they are (the fits check every matrix of a model)
+        problem = _shape_problem(w.shape, w.dtype)
+    except AttributeError:  # a list or a scalar
         w = np.asarray(w)
-    problem = _shape_problem(tuple(w.shape), np.dtype(w.dtype))
+        problem = _shape_problem(w.shape, w.dtype)
     if problem:
         raise ValueError(f"{name}: {problem}")
 
 
 @functools.lru_cache(maxsize=1024)
-def _shape_problem(shape: tuple[int, ...], dtype: np.dtype) -> str | None:
+def _shape_problem(shape: tuple[int, ...], dtype: Any) -> str | None:
     """What :func:`check_array` finds wrong with arrays of this shape and dtype (None: nothing), once."""
+    dtype = np.dtype(dtype)
     if not jnp.issubdtype(dtype, jnp.floating):
         return f"dtype {dtype} is not floating point; the Weibull fit needs real weights"
     per_matrix = math.prod(shape[-2:] if len(shape) >= 2 else shape)

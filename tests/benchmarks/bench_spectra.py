@@ -11,13 +11,14 @@ of freedom) weights) and the whole trunk of a model (every attention and MLP mat
 W_qkv split; a fresh Pythia-70M, or the last snapshot of ``--run_dir``), batched per shape in one call.
 Prints the median warm time of each and the largest |ΔSD| against float64 on the host, then each method's
 SD variation between two heavy-tailed matrices 1e-4 apart (SoSD's floor) against float64's. With ``--eigh``,
-first the time of one ``jnp.linalg.eigh`` call on float64 Gram stacks of the given sizes. Not collected by
-pytest.
+first the time of one eigensolve of float64 Gram stacks of the given sizes, by each of
+``--eigh_implementations``. Not collected by pytest.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 
 import jax
@@ -50,18 +51,24 @@ def _eigvals(ws):
     return [-jnp.sort(-jnp.sqrt(jnp.maximum(jnp.linalg.eigvalsh(g), 0)), -1) for g in grams]
 
 
-def eigh_table(cases: list[tuple[int, int]], repeats: int) -> None:
-    """``jnp.linalg.eigh`` of float64 Gram stacks (batch, n, n), with vectors: what one call costs against
-    the batch (on a CUDA GPU cuSOLVER's batched solver, whose floor per call is why the library solves all
-    Grams of one size in one call)."""
-    print(f"jnp.linalg.eigh of float64 Grams on {jax.devices()[0].device_kind}: batch x n, ms a call", flush=True)
+def eigh_table(cases: list[tuple[int, int]], repeats: int, implementations: list[str]) -> None:
+    """``jax.lax.linalg.eigh`` of float64 Gram stacks (batch, n, n), with vectors, by each of ``implementations``
+    (``default``: what ``jnp.linalg.eigh`` gets, on a CUDA GPU cuSOLVER's batched solver, whose floor per
+    call is why the library solves all Grams of one size in one call; ``qr``, ``jacobi``: the lowering's other
+    choices): what one call costs against the batch."""
+    kinds = {"default": None, "qr": jax.lax.linalg.EighImplementation.QR,
+             "jacobi": jax.lax.linalg.EighImplementation.JACOBI}
+    print(f"eigh of float64 Grams on {jax.devices()[0].device_kind}: batch x n, ms a call "
+          f"({', '.join(implementations)})", flush=True)
     with jax.enable_x64(True):
-        solve = jax.jit(jnp.linalg.eigh)
         for batch, n in cases:
             x = jax.random.normal(jax.random.key(batch * n), (batch, n, n), jnp.float64)
             gram = jnp.einsum("bki,bkj->bij", x, x) / n
-            seconds = median_seconds(lambda: solve(gram), repeats)
-            print(f"  {batch:3d} x {n:4d}  {seconds * 1e3:8.1f} ms", flush=True)
+            times = []
+            for name in implementations:
+                solve = jax.jit(functools.partial(jax.lax.linalg.eigh, implementation=kinds[name]))
+                times.append(f"{median_seconds(lambda: solve(gram), repeats) * 1e3:8.1f}")
+            print(f"  {batch:3d} x {n:4d}  {'  '.join(times)} ms", flush=True)
 
 
 def _library(ws):
@@ -116,9 +123,12 @@ def main() -> None:
     parser.add_argument("--n_heads", type=int, default=8, help="heads of a fused W_qkv (with --run_dir)")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--eigh", default="", help="also time jnp.linalg.eigh on these stacks, e.g. 6x512,96x2048")
+    parser.add_argument("--eigh_implementations", default="default",
+                        help="with --eigh: which of cuSOLVER's eigensolvers, e.g. default,qr,jacobi")
     args = parser.parse_args()
     if args.eigh:
-        eigh_table([tuple(map(int, case.split("x"))) for case in args.eigh.split(",")], args.repeats)
+        eigh_table([tuple(map(int, case.split("x"))) for case in args.eigh.split(",")], args.repeats,
+                   args.eigh_implementations.split(","))
     gaussian = np.random.default_rng(0).normal(size=(24, 512, 512)).astype(np.float32) * 0.02
     compare("24 x 512 x 512 Gaussian", [jnp.asarray(gaussian)], args.repeats)
     heavy = np.random.default_rng(1).standard_t(2, size=(24, 512, 512)).astype(np.float32) * 0.02

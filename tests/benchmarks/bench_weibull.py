@@ -9,6 +9,7 @@ the same run, prints both, their ratio and the largest |Δk| and |Δλ|/λ betwe
 time goes: the host's work before and after the compiled program (the tree's leaves and the checks; the
 transfer, the per-matrix split and the tree rebuilt) against the program itself, and the fit of the
 histogram's counts by XLA's chain and, on a CUDA GPU, by the fit kernel (``weibull._binned_table_in_kernel``).
+``--blocks=N`` times N consecutive blocks of calls (how the call's time drifts within one process).
 ``--profile=DIR`` writes a profiler trace of 5 calls of the program, its HLO and its kernels' table
 (``kernel_table.py``). Not collected by pytest.
 """
@@ -31,6 +32,9 @@ def main() -> None:
     parser.add_argument("--preset", default="pythia-70m")
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--reference_repeats", type=int, default=3)
+    parser.add_argument("--blocks", type=int, default=1,
+                        help="time the warm call in this many consecutive blocks of --repeats calls (the drift "
+                             "within one process); the first block's median is the one compared")
     parser.add_argument("--profile", default="", help="write a profiler trace of the fits' program here")
     args = parser.parse_args()
     import npm_weibull
@@ -42,7 +46,9 @@ def main() -> None:
     n_weights = sum(w.size for w in host.values())
 
     fits = weibull.fit_weibull_tree(device)  # compile and check once
-    ours = median_seconds(lambda: weibull.fit_weibull_tree(device), args.repeats, wait=False)  # numpy fits
+    blocks = [median_seconds(lambda: weibull.fit_weibull_tree(device), args.repeats, wait=False)  # numpy fits
+              for _ in range(args.blocks)]
+    ours = blocks[0]
 
     def reference():
         return {n: npm_weibull.weibull_fit(npm_weibull.extract_to_histogram(w)) for n, w in host.items()}
@@ -59,6 +65,9 @@ def main() -> None:
     print(f"weibull-jax fit_weibull_tree (warm, jitted, median of {args.repeats}): {ours * 1e3:8.3f} ms")
     print(f"npm-weibull-py 0.4 on the host (median of {args.reference_repeats}):       {theirs * 1e3:8.1f} ms")
     print(f"speed-up: {theirs / ours:.0f}x")
+    if args.blocks > 1:
+        print(f"medians of {args.blocks} consecutive blocks of {args.repeats} calls: "
+              + ", ".join(f"{b * 1e3:.3f}" for b in blocks) + " ms")
     print(f"agreement: max |dk| = {dk:.2e}, max |dλ|/λ = {dl:.2e}; tree == single fits bit for bit: {identical}")
     print("where fit_weibull_tree's time goes (medians, µs): " + ", ".join(
         f"{k} {v * 1e6:.0f}" for k, v in breakdown(device, args.repeats).items()))
