@@ -7,10 +7,10 @@ and attention run in the config's compute dtype; norms and softmax statistics ar
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import linen as nn
 
 from weibull_jax import anchor, cross_entropy, tree
@@ -97,37 +97,38 @@ def _rotate_backward(rotary_dim, base, positions, grad):
 _rotate.defvjp(_rotate_forward, _rotate_backward)
 
 
+@jax.custom_vjp
 def gelu(x: jax.Array) -> jax.Array:
-    r"""Exact GeLU, x·Φ(x) = ½x(1 + erf(x/√2)), computed in float32 and rounded to x's dtype: torch's GELU
-    (``nn.functional.gelu``, which HF's Pythia uses) in the same form, also in float32 under autocast.
+    r"""Exact GeLU, x·Φ(x) = ½x(1 + erf(x/√2)), computed in float32 (or x's wider dtype) and rounded to x's
+    dtype: torch's GELU (``nn.functional.gelu``, which HF's Pythia uses) in the same form, also in float32
+    under autocast.
 
     Its backward, dx = dy·(Φ(x) + x·φ(x)) with φ(x) = e^{−x²/2}/√(2π), is written out so that the forward
     keeps only x for it (autodiff of the formula would keep its float32 intermediates; README, Speed).
     """
-    return _gelu(x)
-
-
-def _gelu_cdf(x: jax.Array) -> jax.Array:
-    return 0.5 * (1.0 + jax.lax.erf(x * np.float32(1.0 / np.sqrt(2.0))))
-
-
-@jax.custom_vjp
-def _gelu(x):
-    wide = x.astype(jnp.float32)
+    wide = _widened(x)
     return (wide * _gelu_cdf(wide)).astype(x.dtype)
 
 
+def _widened(x: jax.Array) -> jax.Array:
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def _gelu_cdf(x: jax.Array) -> jax.Array:
+    return 0.5 * (1.0 + jax.lax.erf(x * (1.0 / math.sqrt(2.0))))
+
+
 def _gelu_forward(x):
-    return _gelu(x), x
+    return gelu(x), x
 
 
 def _gelu_backward(x, grad):
-    wide = x.astype(jnp.float32)
-    slope = _gelu_cdf(wide) + wide * jnp.exp(-0.5 * wide * wide) * np.float32(1.0 / np.sqrt(2.0 * np.pi))
-    return ((grad.astype(jnp.float32) * slope).astype(x.dtype),)
+    wide = _widened(x)
+    slope = _gelu_cdf(wide) + wide * jnp.exp(-0.5 * wide * wide) * (1.0 / math.sqrt(2.0 * math.pi))
+    return ((grad.astype(wide.dtype) * slope).astype(x.dtype),)
 
 
-_gelu.defvjp(_gelu_forward, _gelu_backward)
+gelu.defvjp(_gelu_forward, _gelu_backward)
 
 
 def causal_attention(config: ModelConfig, q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
