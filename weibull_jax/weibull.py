@@ -435,11 +435,9 @@ def _split_rows(table: Any, arrays: Sequence[Any]) -> list[list[WeibullFit]]:
 
 def check_array(name: str, w: Any) -> None:
     """Checks that need no data: a floating dtype (float16/32/64, bfloat16, float8) and enough values."""
-    try:  # an array's shape and dtype are hashable as they are (the fits check every matrix of a model)
-        problem = _shape_problem(w.shape, w.dtype)
-    except AttributeError:  # a list or a scalar
+    if not (hasattr(w, "shape") and hasattr(w, "dtype")):
         w = np.asarray(w)
-        problem = _shape_problem(w.shape, w.dtype)
+    problem = _shape_problem(tuple(w.shape), w.dtype)  # the dtype as it is: converted once, in the cache
     if problem:
         raise ValueError(f"{name}: {problem}")
 

@@ -122,7 +122,8 @@ def main() -> None:
     parser.add_argument("--run_dir", default="", help="use the trunk of this run's last snapshot")
     parser.add_argument("--n_heads", type=int, default=8, help="heads of a fused W_qkv (with --run_dir)")
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--eigh", default="", help="also time eigensolves of float64 Grams of these stacks, e.g. 6x512,96x2048")
+    parser.add_argument("--eigh", default="",
+                        help="also time eigensolves of float64 Grams of these stacks, e.g. 6x512,96x2048")
     parser.add_argument("--eigh_implementations", default="default",
                         help="with --eigh: which of cuSOLVER's eigensolvers, e.g. default,qr,jacobi")
     args = parser.parse_args()
