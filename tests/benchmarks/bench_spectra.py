@@ -55,9 +55,12 @@ def eigh_table(cases: list[tuple[int, int]], repeats: int, implementations: list
     """``jax.lax.linalg.eigh`` of float64 Gram stacks (batch, n, n), with vectors, by each of ``implementations``
     (``default``: what ``jnp.linalg.eigh`` gets, on a CUDA GPU cuSOLVER's batched solver, whose floor per
     call is why the library solves all Grams of one size in one call; ``qr``, ``jacobi``: the lowering's other
-    choices): what one call costs against the batch."""
-    kinds = {"default": None, "qr": jax.lax.linalg.EighImplementation.QR,
-             "jacobi": jax.lax.linalg.EighImplementation.JACOBI}
+    choices; ``tridiagonal``: ``jax.lax.linalg.tridiagonal`` alone, cuSOLVER's reduction to tridiagonal form
+    (sytrd), the first step of an eigenvalues-only solve): what one call costs against the batch."""
+    eigh = jax.lax.linalg.eigh
+    solvers = {"default": eigh, "qr": functools.partial(eigh, implementation=jax.lax.linalg.EighImplementation.QR),
+               "jacobi": functools.partial(eigh, implementation=jax.lax.linalg.EighImplementation.JACOBI),
+               "tridiagonal": jax.lax.linalg.tridiagonal}
     print(f"eigh of float64 Grams on {jax.devices()[0].device_kind}: batch x n, ms a call "
           f"({', '.join(implementations)})", flush=True)
     with jax.enable_x64(True):
@@ -66,7 +69,7 @@ def eigh_table(cases: list[tuple[int, int]], repeats: int, implementations: list
             gram = jnp.einsum("bki,bkj->bij", x, x) / n
             times = []
             for name in implementations:
-                solve = jax.jit(functools.partial(jax.lax.linalg.eigh, implementation=kinds[name]))
+                solve = jax.jit(solvers[name])
                 times.append(f"{median_seconds(lambda: solve(gram), repeats) * 1e3:8.1f}")
             print(f"  {batch:3d} x {n:4d}  {'  '.join(times)} ms", flush=True)
 
@@ -125,7 +128,7 @@ def main() -> None:
     parser.add_argument("--eigh", default="",
                         help="also time eigensolves of float64 Grams of these stacks, e.g. 6x512,96x2048")
     parser.add_argument("--eigh_implementations", default="default",
-                        help="with --eigh: which of cuSOLVER's eigensolvers, e.g. default,qr,jacobi")
+                        help="with --eigh: which of cuSOLVER's eigensolvers, e.g. default,qr,jacobi,tridiagonal")
     args = parser.parse_args()
     if args.eigh:
         eigh_table([tuple(map(int, case.split("x"))) for case in args.eigh.split(",")], args.repeats,

@@ -15,10 +15,10 @@ from weibull_jax.models import layers
 from weibull_jax.models.presets import ModelConfig
 
 
-def _layer_norm(config: ModelConfig, name: str) -> nn.LayerNorm:
-    return nn.LayerNorm(epsilon=config.norm_eps, use_fast_variance=False, dtype=layers.compute_dtype(config),
-                        param_dtype=jnp.float32, scale_init=layers.named(nn.initializers.ones_init(), "embed"),
-                        bias_init=layers.named(nn.initializers.zeros_init(), "embed"), name=name)
+def _norms(config: ModelConfig, x: jax.Array, *names: str) -> tuple[jax.Array, ...]:
+    """x under the LayerNorms ``names`` (their statistics shared), in the compute dtype."""
+    norms = tuple(layers.NormParams(config.d_model, name=name)() for name in names)
+    return layers.layer_norms(x, norms, config.norm_eps, layers.compute_dtype(config))
 
 
 class NeoXAttention(nn.Module):
@@ -52,12 +52,12 @@ class NeoXBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, positions: jax.Array) -> jax.Array:
         c = self.config
-        attention = NeoXAttention(c, name="attention")(_layer_norm(c, "input_norm")(x), positions)
         if c.parallel_residual:
-            return x + attention + NeoXMLP(c, name="mlp")(_layer_norm(c, "post_attention_norm")(x))
-        x = x + attention
-        return x + NeoXMLP(c, name="mlp")(_layer_norm(c, "post_attention_norm")(x))
+            normed, mlp_normed = _norms(c, x, "input_norm", "post_attention_norm")
+            return x + NeoXAttention(c, name="attention")(normed, positions) + NeoXMLP(c, name="mlp")(mlp_normed)
+        x = x + NeoXAttention(c, name="attention")(_norms(c, x, "input_norm")[0], positions)
+        return x + NeoXMLP(c, name="mlp")(_norms(c, x, "post_attention_norm")[0])
 
 
-def final_norm(config: ModelConfig) -> nn.Module:
-    return _layer_norm(config, "final_norm")
+def final_norm(config: ModelConfig):
+    return lambda x: _norms(config, x, "final_norm")[0]
