@@ -16,10 +16,15 @@ random tokens, bf16 compute with float32 weights on both sides:
   ``exp_avg``/``exp_avg_sq`` after each step to form the same budget (the peer's way to get the forces).
 
 Each variant runs in its own process (so that peak memory is its own); the table gives tokens/s, peak GPU
-memory and the ratio to the torch.compile figure. ``--batch`` is the global batch: with ``--mesh data|fsdp``
-and ``--devices N`` the jax variants shard it (and the weights, for fsdp) over N devices, and with ``--peer
-ddp|fsdp`` a torch variant started by ``torchrun`` takes its rank's rows under DDP or FSDP2
-(``tests/benchmarks/bench_scaling.py`` runs these side by side).
+memory and the ratio to the torch.compile figure. With ``--runs K`` every variant runs K times, the variants'
+order reversed every other round (so that a drift of the host's speed reaches them alike); the table gives
+each variant's median run, and every run's time is listed under it (torch.compile's time falls in two
+groups from one process to the next on some hosts; README, Speed).
+
+``--batch`` is the global batch: with ``--mesh data|fsdp`` and ``--devices N`` the jax variants shard it
+(and the weights, for fsdp) over N devices, and with ``--peer ddp|fsdp`` a torch variant started by
+``torchrun`` takes its rank's rows under DDP or FSDP2 (``tests/benchmarks/bench_scaling.py`` runs these side
+by side).
 """
 
 from __future__ import annotations
@@ -198,25 +203,32 @@ def main() -> None:
     parser.add_argument("--peer", choices=("", "ddp", "fsdp"), default="",
                         help="torch variants under torchrun: DistributedDataParallel or FSDP2")
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--runs", type=int, default=1, help="run each variant this many times, alternating; "
+                        "report the median run")
     args = parser.parse_args()
     if args.variant:
         result = run_variant(args)
         if result.get("rank", 0) == 0:
             print(json.dumps(result))
         return
-    results = {}
-    for variant in args.variants.split(","):
-        cmd = [sys.executable, __file__, "--variant", variant] + [
-            f"--{k}={getattr(args, k)}" for k in ("preset", "batch", "seq", "steps", "warmup")] + (
-            [f"--profile={args.profile}/{variant}"] if args.profile else [])
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode:
-            print(f"{variant}: failed\n{done.stderr[-3000:]}")
-            continue
-        results[variant] = json.loads(done.stdout.strip().splitlines()[-1])
-        if args.profile and os.path.exists(f"{args.profile}/{variant}/kernels.txt"):
-            with open(f"{args.profile}/{variant}/kernels.txt") as f:
-                print(f"{variant}, where the device time went:\n{f.read()}")
+    runs: dict[str, list[dict]] = {}
+    order = args.variants.split(",")
+    for round_ in range(args.runs):
+        for variant in order if round_ % 2 == 0 else order[::-1]:
+            profile = args.profile and round_ == 0
+            cmd = [sys.executable, __file__, "--variant", variant] + [
+                f"--{k}={getattr(args, k)}" for k in ("preset", "batch", "seq", "steps", "warmup")] + (
+                [f"--profile={args.profile}/{variant}"] if profile else [])
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode:
+                print(f"{variant}: failed\n{done.stderr[-3000:]}")
+                continue
+            runs.setdefault(variant, []).append(json.loads(done.stdout.strip().splitlines()[-1]))
+            if profile and os.path.exists(f"{args.profile}/{variant}/kernels.txt"):
+                with open(f"{args.profile}/{variant}/kernels.txt") as f:
+                    print(f"{variant}, where the device time went:\n{f.read()}")
+    results = {variant: sorted(rs, key=lambda r: r["seconds_per_step"])[len(rs) // 2]
+               for variant, rs in runs.items() if rs}
     from weibull_jax.models import flops, preset
 
     tokens = args.batch * args.seq
@@ -231,6 +243,10 @@ def main() -> None:
         mfu = f"{per_token * tokens / r['seconds_per_step'] / peak:.1%}" if peak else "-"
         print(f"{variant:<15}{1e3 * r['seconds_per_step']:>10.2f}{tokens / r['seconds_per_step']:>12,.0f}"
               f"{r['peak_bytes'] / 2**30:>10.2f}{ratio:>18}{mfu:>7}  {r['loss']:.3f}   ({r['version']})")
+    if args.runs > 1:
+        times = {variant: " ".join(f"{1e3 * r['seconds_per_step']:.2f}" for r in rs) for variant, rs in runs.items()}
+        print("ms/step of each run (the table: the median run): "
+              + "; ".join(f"{variant} {t}" for variant, t in times.items()))
     if peak:
         causal = flops.training_flops_per_token(preset(args.preset), args.seq, causal=True)
         print(f"MFU: {per_token / 1e9:.3f} GFLOP a token (6N + 12·L·T·d_attn, PaLM's count; {causal / 1e9:.3f} with "
