@@ -227,8 +227,7 @@ def main() -> None:
             if profile and os.path.exists(f"{args.profile}/{variant}/kernels.txt"):
                 with open(f"{args.profile}/{variant}/kernels.txt") as f:
                     print(f"{variant}, where the device time went:\n{f.read()}")
-    results = {variant: sorted(rs, key=lambda r: r["seconds_per_step"])[len(rs) // 2]
-               for variant, rs in runs.items() if rs}
+    results = {variant: sorted(rs, key=lambda r: r["seconds_per_step"])[len(rs) // 2] for variant, rs in runs.items()}
     from weibull_jax.models import flops, preset
 
     tokens = args.batch * args.seq
@@ -244,9 +243,8 @@ def main() -> None:
         print(f"{variant:<15}{1e3 * r['seconds_per_step']:>10.2f}{tokens / r['seconds_per_step']:>12,.0f}"
               f"{r['peak_bytes'] / 2**30:>10.2f}{ratio:>18}{mfu:>7}  {r['loss']:.3f}   ({r['version']})")
     if args.runs > 1:
-        times = {variant: " ".join(f"{1e3 * r['seconds_per_step']:.2f}" for r in rs) for variant, rs in runs.items()}
-        print("ms/step of each run (the table: the median run): "
-              + "; ".join(f"{variant} {t}" for variant, t in times.items()))
+        print("ms/step of each run (the table: the median run): " + "; ".join(
+            variant + "".join(f" {1e3 * r['seconds_per_step']:.2f}" for r in rs) for variant, rs in runs.items()))
     if peak:
         causal = flops.training_flops_per_token(preset(args.preset), args.seq, causal=True)
         print(f"MFU: {per_token / 1e9:.3f} GFLOP a token (6N + 12·L·T·d_attn, PaLM's count; {causal / 1e9:.3f} with "

@@ -159,25 +159,16 @@ def layer_norms(x: jax.Array, norms: tuple, eps: float, dtype) -> tuple[jax.Arra
     (dγ_k, dβ_k) in one reduction; autodiff of ``nn.LayerNorm`` reduced each norm's terms apart, in more
     kernels (README, Speed).
     """
-    mean, rstd = _norm_statistics(x, eps)
-    return _normalized(x, norms, mean, rstd, dtype)
-
-
-def _norm_statistics(x, eps):
-    wide = _widened(x)
-    mean = jnp.mean(wide, axis=-1, keepdims=True)
-    centred = wide - mean
-    return mean, jax.lax.rsqrt(jnp.mean(centred * centred, axis=-1, keepdims=True) + eps)
-
-
-def _normalized(x, norms, mean, rstd, dtype):
-    centred = _widened(x) - mean
-    return tuple((centred * (rstd * scale) + bias).astype(dtype) for scale, bias in norms)
+    return _layer_norms_forward(x, norms, eps, dtype)[0]
 
 
 def _layer_norms_forward(x, norms, eps, dtype):
-    mean, rstd = _norm_statistics(x, eps)
-    return _normalized(x, norms, mean, rstd, dtype), (x, norms, mean, rstd)
+    wide = _widened(x)
+    mean = jnp.mean(wide, axis=-1, keepdims=True)
+    centred = wide - mean
+    rstd = jax.lax.rsqrt(jnp.mean(centred * centred, axis=-1, keepdims=True) + eps)
+    ys = tuple((centred * (rstd * scale) + bias).astype(dtype) for scale, bias in norms)
+    return ys, (x, norms, mean, rstd)
 
 
 def _layer_norms_backward(eps, dtype, residuals, grads):
