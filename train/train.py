@@ -104,7 +104,8 @@ def make_train_step(model_config: models.ModelConfig, optimizer: optax.GradientT
     """
     one_device = batch_sharding is None or batch_sharding.mesh.size == 1
     fused_loss = fused if fused_loss is None else fused_loss
-    loss_fn = probe.make_loss(models.CausalLM(model_config), probe_weight, fused_loss and one_device)
+    loss_fn = probe.make_loss(models.CausalLM(model_config, fused_loss and one_device), probe_weight,
+                              fused_loss and one_device)
     fused = fused and one_device and pallas_triton.AVAILABLE and adam is not None and record_forces
     constants = None if adam is None else {k: adam[k] for k in ("b1", "b2", "eps")}
 

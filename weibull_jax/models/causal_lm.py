@@ -31,7 +31,10 @@ _FAMILY = {"gpt_neox": (neox.NeoXBlock, neox.final_norm), "llama": (llama.LlamaB
 
 
 class CausalLM(nn.Module):
+    """``fused``: GPT-NeoX's LayerNorms in their kernels on a GPU (:mod:`weibull_jax.layer_norm`), for one
+    device."""
     config: ModelConfig
+    fused: bool = False
 
     @nn.compact
     def __call__(self, tokens: jax.Array) -> jax.Array:
@@ -42,9 +45,10 @@ class CausalLM(nn.Module):
         x = nn.Embed(c.vocab_size, c.d_model, param_dtype=jnp.float32,
                      embedding_init=layers.named(nn.initializers.normal(s_in), "vocab", "embed"), name="embed")(tokens)
         positions = jnp.arange(tokens.shape[-1])
+        fused = {"fused": self.fused} if c.family == "gpt_neox" else {}
         for i in range(c.n_layers):
-            x = block(c, name=f"layers_{i}")(x, positions)
-        x = final_norm(c)(x)
+            x = block(c, name=f"layers_{i}", **fused)(x, positions)
+        x = final_norm(c, **fused)(x)
         return layers.projection(c, c.vocab_size, s_in, False, "unembed", ("embed", "vocab"))(x)
 
 

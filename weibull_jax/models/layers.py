@@ -133,61 +133,13 @@ gelu.defvjp(_gelu_forward, _gelu_backward)
 
 class NormParams(nn.Module):
     """A LayerNorm's float32 parameters over the residual axis, (γ, β) = (``scale``, ``bias``), initialised to 1
-    and 0 and named as ``nn.LayerNorm`` names them; :func:`layer_norms` applies them."""
+    and 0 and named as ``nn.LayerNorm`` names them; :func:`weibull_jax.layer_norm.layer_norms` applies them."""
     features: int
 
     @nn.compact
     def __call__(self) -> tuple[jax.Array, jax.Array]:
         return (self.param("scale", named(nn.initializers.ones_init(), "embed"), (self.features,), jnp.float32),
                 self.param("bias", named(nn.initializers.zeros_init(), "embed"), (self.features,), jnp.float32))
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def layer_norms(x: jax.Array, norms: tuple, eps: float, dtype) -> tuple[jax.Array, ...]:
-    r"""LayerNorms (Ba et al., 2016) of one x, one for each (γ_k, β_k) in ``norms``, in ``dtype``.
-
-    Over the last axis of x, in float32 (or x's wider dtype): x̂ = (x − μ)·r with μ the mean,
-    r = (mean((x − μ)²) + ε)^{−1/2}; y_k = x̂·γ_k + β_k, rounded once (``nn.LayerNorm``'s numbers). The
-    parallel residual normalises one x twice, so its norms share μ and r.
-
-    The backward is written out. Since x̂ is shared, it is linear in g = Σ_k dy_k·γ_k:
-
-    .. math:: dx = r\,(g − \bar g − \hat x\,\overline{g\hat x}),\qquad
-       dγ_k = \textstyle\sum_{\rm rows} dy_k\,\hat x,\qquad dβ_k = \sum_{\rm rows} dy_k
-
-    (bars: means over the last axis). It keeps x, μ and r, forms the norms' x-gradient at once and every
-    (dγ_k, dβ_k) in one reduction; autodiff of ``nn.LayerNorm`` reduced each norm's terms apart, in more
-    kernels (README, Speed).
-    """
-    return _layer_norms_forward(x, norms, eps, dtype)[0]
-
-
-def _layer_norms_forward(x, norms, eps, dtype):
-    wide = _widened(x)
-    mean = jnp.mean(wide, axis=-1, keepdims=True)
-    centred = wide - mean
-    rstd = jax.lax.rsqrt(jnp.mean(centred * centred, axis=-1, keepdims=True) + eps)
-    ys = tuple((centred * (rstd * scale) + bias).astype(dtype) for scale, bias in norms)
-    return ys, (x, norms, mean, rstd)
-
-
-def _layer_norms_backward(eps, dtype, residuals, grads):
-    del eps, dtype
-    x, norms, mean, rstd = residuals
-    wide = _widened(x)
-    normalized = (wide - mean) * rstd
-    grads = [grad.astype(wide.dtype) for grad in grads]
-    g = sum(grad * scale for grad, (scale, _) in zip(grads, norms))
-    dx = rstd * (g - jnp.mean(g, axis=-1, keepdims=True)
-                 - normalized * jnp.mean(g * normalized, axis=-1, keepdims=True))
-    sums = jnp.sum(jnp.stack([term for grad in grads for term in (grad * normalized, grad)]),
-                   axis=tuple(range(1, x.ndim)))  # one reduction for every norm's (dγ, dβ)
-    dnorms = tuple((sums[2 * i].astype(scale.dtype), sums[2 * i + 1].astype(bias.dtype))
-                   for i, (scale, bias) in enumerate(norms))
-    return dx.astype(x.dtype), dnorms
-
-
-layer_norms.defvjp(_layer_norms_forward, _layer_norms_backward)
 
 
 def causal_attention(config: ModelConfig, q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:

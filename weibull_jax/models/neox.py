@@ -11,14 +11,17 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from weibull_jax import layer_norm
 from weibull_jax.models import layers
 from weibull_jax.models.presets import ModelConfig
 
 
-def _norms(config: ModelConfig, x: jax.Array, *names: str) -> tuple[jax.Array, ...]:
-    """x under the LayerNorms ``names`` (their statistics shared), in the compute dtype."""
+def _norms(config: ModelConfig, x: jax.Array, names: tuple[str, ...], fused: bool, residual: bool = False):
+    """x under the LayerNorms ``names`` (their statistics shared), in the compute dtype; with ``residual``, x
+    first (:func:`weibull_jax.layer_norm.layer_norms`). ``fused``: the kernels on a GPU, for one device."""
     norms = tuple(layers.NormParams(config.d_model, name=name)() for name in names)
-    return layers.layer_norms(x, norms, config.norm_eps, layers.compute_dtype(config))
+    return layer_norm.layer_norms(x, norms, config.norm_eps, layers.compute_dtype(config),
+                                  "kernel" if fused else "xla", residual)
 
 
 class NeoXAttention(nn.Module):
@@ -48,16 +51,17 @@ class NeoXMLP(nn.Module):
 
 class NeoXBlock(nn.Module):
     config: ModelConfig
+    fused: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, positions: jax.Array) -> jax.Array:
         c = self.config
         if c.parallel_residual:
-            normed, mlp_normed = _norms(c, x, "input_norm", "post_attention_norm")
+            x, normed, mlp_normed = _norms(c, x, ("input_norm", "post_attention_norm"), self.fused, residual=True)
             return x + NeoXAttention(c, name="attention")(normed, positions) + NeoXMLP(c, name="mlp")(mlp_normed)
-        x = x + NeoXAttention(c, name="attention")(_norms(c, x, "input_norm")[0], positions)
-        return x + NeoXMLP(c, name="mlp")(_norms(c, x, "post_attention_norm")[0])
+        x = x + NeoXAttention(c, name="attention")(_norms(c, x, ("input_norm",), self.fused)[0], positions)
+        return x + NeoXMLP(c, name="mlp")(_norms(c, x, ("post_attention_norm",), self.fused)[0])
 
 
-def final_norm(config: ModelConfig):
-    return lambda x: _norms(config, x, "final_norm")[0]
+def final_norm(config: ModelConfig, fused: bool = False):
+    return lambda x: _norms(config, x, ("final_norm",), fused)[0]
