@@ -100,12 +100,12 @@ def make_train_step(model_config: models.ModelConfig, optimizer: optax.GradientT
         ``adam`` and ``record_forces`` are set and this JAX has Pallas' Triton backend; for a GPU (elsewhere
         the kernel runs in Pallas' interpreter: the tests' path).
       fused_loss: for a mesh of one device, the loss and its gradient in one kernel on a GPU
-        (:mod:`weibull_jax.cross_entropy`; XLA's passes on other backends). None: as ``fused``.
+        (:mod:`weibull_jax.cross_entropy`), and GPT-NeoX's LayerNorms in theirs (:mod:`weibull_jax.layer_norm`);
+        XLA's passes on other backends. None: as ``fused``.
     """
     one_device = batch_sharding is None or batch_sharding.mesh.size == 1
-    fused_loss = fused if fused_loss is None else fused_loss
-    loss_fn = probe.make_loss(models.CausalLM(model_config, fused_loss and one_device), probe_weight,
-                              fused_loss and one_device)
+    kernels = (fused if fused_loss is None else fused_loss) and one_device
+    loss_fn = probe.make_loss(models.CausalLM(model_config, kernels), probe_weight, kernels)
     fused = fused and one_device and pallas_triton.AVAILABLE and adam is not None and record_forces
     constants = None if adam is None else {k: adam[k] for k in ("b1", "b2", "eps")}
 

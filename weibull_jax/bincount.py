@@ -34,6 +34,7 @@ from jax._src import core as jax_core
 from jax._src.interpreters import mlir
 from jax.experimental import pallas as pl
 
+from weibull_jax import pallas_triton
 from weibull_jax.pallas_triton import plt
 
 try:  # the Triton backend's lowering table and Triton's MLIR dialect, for the histogram primitive
@@ -161,7 +162,7 @@ def _same_length_counts(xs, key_fn, num_keys, offsets, launch, interpret) -> lis
         in_specs=in_specs,
         out_specs=pl.BlockSpec((None, None, length), lambda r, c: (r, c, 0)),
         out_shape=jax.ShapeDtypeStruct((firsts[-1], spans, length), jnp.uint16 if span < 1 << 16 else jnp.int32),
-        compiler_params=None if interpret else plt.CompilerParams(num_warps=warps, num_stages=stages),
+        compiler_params=pallas_triton.compiler_params(interpret, warps, stages),
         interpret=interpret,
     )(*operands)
     counts = counts.sum(axis=1, dtype=jnp.int32)[:, :num_keys]

@@ -105,7 +105,7 @@ def kernel_rows(logits: jax.Array, targets: jax.Array, weights: jax.Array | None
         out_specs=[column] + [row] * with_grad,
         out_shape=[jax.ShapeDtypeStruct((rows, 1), jnp.float32)]
         + [jax.ShapeDtypeStruct((rows, vocab), logits.dtype)] * with_grad,
-        compiler_params=None if interpret else plt.CompilerParams(num_warps=num_warps, num_stages=1),
+        compiler_params=pallas_triton.compiler_params(interpret, num_warps),
         interpret=interpret,
     )(logits, targets.astype(jnp.int32).reshape(rows, 1), weights.reshape(rows, 1))
     return out[0][:, 0], (out[1] if with_grad else None)
@@ -129,13 +129,9 @@ def _rows(logits, targets, weights, path: str):
     """Dispatch to :func:`kernel_rows` or :func:`xla_rows` over the rows of (..., V) logits."""
     flat, flat_targets = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
     flat_weights = None if weights is None else weights.reshape(-1)
-    if path == "interpret":
-        return kernel_rows(flat, flat_targets, flat_weights, interpret=True)
-    if path == "xla" or not pallas_triton.AVAILABLE or flat.size >= 1 << 31:  # the kernel's offsets are int32
-        return xla_rows(flat, flat_targets, flat_weights)
-    kernel = functools.partial(kernel_rows, weights=flat_weights)
-    xla = functools.partial(xla_rows, weights=flat_weights)
-    return jax.lax.platform_dependent(flat, flat_targets, cuda=kernel, default=xla)
+    return pallas_triton.dispatch(path, flat.size < 1 << 31,  # the kernel's offsets are int32
+                                  functools.partial(kernel_rows, weights=flat_weights),
+                                  functools.partial(xla_rows, weights=flat_weights), flat, flat_targets)
 
 
 def _weighted_sum(losses, weights):
@@ -150,11 +146,6 @@ def mean_weights(mask: jax.Array) -> jax.Array:
 def masked_mean(losses: jax.Array, mask: jax.Array) -> jax.Array:
     """The mean of ``losses`` where ``mask`` holds (0 if it holds nowhere); a NaN elsewhere does not count."""
     return _weighted_sum(losses, mean_weights(mask))
-
-
-def path_for(fused: bool) -> str:
-    """The ``path`` of a caller's ``fused`` flag: the kernel on a CUDA GPU, or XLA's passes everywhere."""
-    return "kernel" if fused else "xla"
 
 
 def _forward(logits, targets, weights, path):

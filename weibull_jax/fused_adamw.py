@@ -45,7 +45,7 @@ import numpy as np
 import optax
 from jax.experimental import pallas as pl
 
-from weibull_jax import forces
+from weibull_jax import forces, pallas_triton
 from weibull_jax.pallas_triton import plt
 
 
@@ -94,7 +94,7 @@ def step_matrix(g: jax.Array, m: jax.Array, v: jax.Array, w: jax.Array, scalars:
         out_specs=[flat] * 3 + [pl.BlockSpec((None, 4), lambda i: (i, 0))],
         out_shape=[jax.ShapeDtypeStruct((n,), jnp.float32)] * 3 + [jax.ShapeDtypeStruct((programs, 4), jnp.float32)],
         input_output_aliases={2: 0, 3: 1, 4: 2},
-        compiler_params=None if interpret else plt.CompilerParams(num_warps=num_warps),
+        compiler_params=pallas_triton.compiler_params(interpret, num_warps, None),
         interpret=interpret,
     )(scalars, g.reshape(n), *(x.reshape(n).astype(jnp.float32) for x in (m, v, w)))
     totals = jnp.sum(sums, axis=0)

@@ -30,20 +30,15 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from weibull_jax import pallas_triton
-from weibull_jax.pallas_triton import plt
 
 # Elements a program holds per array (rows × d), and its warps.
 BLOCK = 8192
 NUM_WARPS = 4
 
 
-def _wide(dtype) -> jnp.dtype:
-    return jnp.promote_types(dtype, jnp.float32)
-
-
 def xla_forward(x, scales, biases, eps, dtype):
     """(y_k for each norm, μ, r) in XLA's passes over x (rows, d); μ and r (rows, 1)."""
-    wide = x.astype(_wide(x.dtype))
+    wide = x.astype(pallas_triton.wide(x.dtype))
     mean = jnp.mean(wide, axis=-1, keepdims=True)
     centred = wide - mean
     rstd = jax.lax.rsqrt(jnp.mean(centred * centred, axis=-1, keepdims=True) + eps)
@@ -52,7 +47,7 @@ def xla_forward(x, scales, biases, eps, dtype):
 
 def xla_backward(x, mean, rstd, scales, grads, residual):
     """(dx, (dγ_k, dβ_k) for each norm) in XLA's passes; ``residual``: the cotangent added to dx, or None."""
-    wide = x.astype(_wide(x.dtype))
+    wide = x.astype(pallas_triton.wide(x.dtype))
     normalized = (wide - mean) * rstd
     grads = [grad.astype(wide.dtype) for grad in grads]
     g = sum(grad * scale for grad, scale in zip(grads, scales))
@@ -65,18 +60,10 @@ def xla_backward(x, mean, rstd, scales, grads, residual):
     return dx.astype(x.dtype), tuple((sums[2 * k], sums[2 * k + 1]) for k in range(len(grads)))
 
 
-def _rows_per_program(rows: int, d: int) -> int:
-    """A power of two that divides ``rows``, as near BLOCK / d as that allows."""
-    r = max(1, BLOCK // d)
-    while rows % r:
-        r //= 2
-    return r
-
-
 def _forward_kernel(x_ref, *refs, count: int, eps: float):
     scales, biases, outs = refs[:count], refs[count:2 * count], refs[2 * count:3 * count]
     mean_ref, rstd_ref = refs[3 * count:]
-    x = x_ref[...].astype(_wide(x_ref.dtype))
+    x = x_ref[...].astype(pallas_triton.wide(x_ref.dtype))
     d = x.shape[1]
     mean = jnp.sum(x, axis=1) / d
     centred = x - mean[:, None]
@@ -90,7 +77,7 @@ def _backward_kernel(x_ref, mean_ref, rstd_ref, *refs, count: int, with_residual
     scales, grad_refs = refs[:count], refs[count:2 * count]
     residual_ref = refs[2 * count] if with_residual else None
     dx_ref, sums_ref = refs[2 * count + with_residual:]
-    x = x_ref[...].astype(_wide(x_ref.dtype))
+    x = x_ref[...].astype(pallas_triton.wide(x_ref.dtype))
     d = x.shape[1]
     rstd = rstd_ref[...]
     normalized = (x - mean_ref[...][:, None]) * rstd[:, None]
@@ -106,14 +93,10 @@ def _backward_kernel(x_ref, mean_ref, rstd_ref, *refs, count: int, with_residual
         sums_ref[2 * k + 1, :] = jnp.sum(grad, axis=0)
 
 
-def _compiler_params(interpret):
-    return None if interpret else plt.CompilerParams(num_warps=NUM_WARPS, num_stages=1)
-
-
 def kernel_forward(x, scales, biases, eps, dtype, *, interpret: bool = False):
     """:func:`xla_forward` in one kernel over x (rows, d), d a power of two; μ, r (rows, 1)."""
     rows, d = x.shape
-    r = _rows_per_program(rows, d)
+    r = pallas_triton.rows_per_program(d, BLOCK, rows)
     block = pl.BlockSpec((r, d), lambda i: (i, 0))
     vector = pl.BlockSpec((d,), lambda i: (0,))
     stat = pl.BlockSpec((r,), lambda i: (i,))
@@ -124,8 +107,8 @@ def kernel_forward(x, scales, biases, eps, dtype, *, interpret: bool = False):
         in_specs=[block] + [vector] * (2 * count),
         out_specs=[block] * count + [stat, stat],
         out_shape=[jax.ShapeDtypeStruct((rows, d), dtype)] * count
-        + [jax.ShapeDtypeStruct((rows,), _wide(x.dtype))] * 2,
-        compiler_params=_compiler_params(interpret),
+        + [jax.ShapeDtypeStruct((rows,), pallas_triton.wide(x.dtype))] * 2,
+        compiler_params=pallas_triton.compiler_params(interpret, NUM_WARPS),
         interpret=interpret,
     )(x, *scales, *biases)
     return tuple(out[:count]), out[count][:, None], out[count + 1][:, None]
@@ -134,7 +117,7 @@ def kernel_forward(x, scales, biases, eps, dtype, *, interpret: bool = False):
 def kernel_backward(x, mean, rstd, scales, grads, residual, *, interpret: bool = False):
     """:func:`xla_backward` in one kernel over x (rows, d), and XLA's sum of the programs' partial sums."""
     rows, d = x.shape
-    r = _rows_per_program(rows, d)
+    r = pallas_triton.rows_per_program(d, BLOCK, rows)
     programs, count = rows // r, len(scales)
     block = pl.BlockSpec((r, d), lambda i: (i, 0))
     vector = pl.BlockSpec((d,), lambda i: (0,))
@@ -147,8 +130,8 @@ def kernel_backward(x, mean, rstd, scales, grads, residual, *, interpret: bool =
         in_specs=[block, stat, stat] + [vector] * count + [block] * (count + len(extra)),
         out_specs=[block, partial],
         out_shape=[jax.ShapeDtypeStruct((rows, d), x.dtype),
-                   jax.ShapeDtypeStruct((programs, 2 * count, d), _wide(x.dtype))],
-        compiler_params=_compiler_params(interpret),
+                   jax.ShapeDtypeStruct((programs, 2 * count, d), pallas_triton.wide(x.dtype))],
+        compiler_params=pallas_triton.compiler_params(interpret, NUM_WARPS),
         interpret=interpret,
     )(x, mean[:, 0], rstd[:, 0], *scales, *grads, *extra)
     dx, partials = out
@@ -158,37 +141,24 @@ def kernel_backward(x, mean, rstd, scales, grads, residual, *, interpret: bool =
 
 def _fits_kernel(x) -> bool:
     d = x.shape[-1]
-    return pallas_triton.AVAILABLE and d & (d - 1) == 0 and x.size < 1 << 31
+    return d & (d - 1) == 0 and x.size < 1 << 31
 
 
 def _forward(x, scales, biases, eps, dtype, path):
     """Dispatch over the rows of (..., d) x; μ and r returned as (..., 1)."""
-    flat = x.reshape(-1, x.shape[-1])
-    if path == "interpret":
-        ys, mean, rstd = kernel_forward(flat, scales, biases, eps, dtype, interpret=True)
-    elif path == "kernel" and _fits_kernel(x):
-        ys, mean, rstd = jax.lax.platform_dependent(
-            flat, scales, biases, cuda=lambda *a: kernel_forward(*a, eps, dtype),
-            default=lambda *a: xla_forward(*a, eps, dtype))
-    else:
-        ys, mean, rstd = xla_forward(flat, scales, biases, eps, dtype)
+    ys, mean, rstd = pallas_triton.dispatch(
+        path, _fits_kernel(x), functools.partial(kernel_forward, eps=eps, dtype=dtype),
+        functools.partial(xla_forward, eps=eps, dtype=dtype), x.reshape(-1, x.shape[-1]), scales, biases)
     lead = x.shape[:-1]
     return tuple(y.reshape(x.shape) for y in ys), mean.reshape(*lead, 1), rstd.reshape(*lead, 1)
 
 
 def _backward_rows(x, mean, rstd, scales, grads, residual, path):
     d = x.shape[-1]
-    flat = [a.reshape(-1, d) for a in (x, *grads)] + ([] if residual is None else [residual.reshape(-1, d)])
-    mean, rstd = mean.reshape(-1, 1), rstd.reshape(-1, 1)
-    x2, grads2, residual2 = flat[0], flat[1:1 + len(grads)], (flat[-1] if residual is not None else None)
-    if path == "interpret":
-        dx, dnorms = kernel_backward(x2, mean, rstd, scales, grads2, residual2, interpret=True)
-    elif path == "kernel" and _fits_kernel(x):
-        dx, dnorms = jax.lax.platform_dependent(
-            x2, mean, rstd, scales, grads2, residual2,
-            cuda=kernel_backward, default=xla_backward)
-    else:
-        dx, dnorms = xla_backward(x2, mean, rstd, scales, grads2, residual2)
+    dx, dnorms = pallas_triton.dispatch(
+        path, _fits_kernel(x), kernel_backward, xla_backward, x.reshape(-1, d), mean.reshape(-1, 1),
+        rstd.reshape(-1, 1), scales, [a.reshape(-1, d) for a in grads],
+        None if residual is None else residual.reshape(-1, d))
     return dx.reshape(x.shape), dnorms
 
 

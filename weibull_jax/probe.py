@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from weibull_jax import cross_entropy, models
+from weibull_jax import cross_entropy, models, pallas_triton
 
 TEMPLATES = (  # (KEY, QUERY): the codeword stands at {}, always at the end of the QUERY
     ("The secret code is {}.", "What is the secret code? {}"),
@@ -203,7 +203,7 @@ def objective(logits: jax.Array, batch: dict[str, jax.Array], weight: jax.Array,
     """
     targets, scored = models.next_token_targets(batch["tokens"])
     weights = cross_entropy.mean_weights(scored) + weight * cross_entropy.mean_weights(batch["probe_mask"])
-    total, losses = cross_entropy.weighted_cross_entropy(logits, targets, weights, cross_entropy.path_for(fused))
+    total, losses = cross_entropy.weighted_cross_entropy(logits, targets, weights, pallas_triton.path_for(fused))
     parts = {"lm_loss": cross_entropy.masked_mean(losses, scored),
              "probe_loss": cross_entropy.masked_mean(losses, batch["probe_mask"])}
     return total, parts

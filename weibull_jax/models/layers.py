@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from weibull_jax import anchor, cross_entropy, tree
+from weibull_jax import anchor, cross_entropy, pallas_triton, tree
 from weibull_jax.models.presets import ModelConfig
 
 
@@ -111,7 +111,7 @@ def gelu(x: jax.Array) -> jax.Array:
 
 
 def _widened(x: jax.Array) -> jax.Array:
-    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    return x.astype(pallas_triton.wide(x.dtype))
 
 
 def _gelu_cdf(x: jax.Array) -> jax.Array:
@@ -178,4 +178,4 @@ def next_token_loss(logits: jax.Array, tokens: jax.Array, fused: bool = False) -
     (:func:`weibull_jax.cross_entropy.mean_cross_entropy`); else XLA's passes.
     """
     targets, scored = next_token_targets(tokens)
-    return cross_entropy.mean_cross_entropy(logits, targets, scored, cross_entropy.path_for(fused))
+    return cross_entropy.mean_cross_entropy(logits, targets, scored, pallas_triton.path_for(fused))

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from weibull_jax import layer_norm
+from weibull_jax import layer_norm, pallas_triton
 from weibull_jax.models import layers
 from weibull_jax.models.presets import ModelConfig
 
@@ -21,7 +21,7 @@ def _norms(config: ModelConfig, x: jax.Array, names: tuple[str, ...], fused: boo
     first (:func:`weibull_jax.layer_norm.layer_norms`). ``fused``: the kernels on a GPU, for one device."""
     norms = tuple(layers.NormParams(config.d_model, name=name)() for name in names)
     return layer_norm.layer_norms(x, norms, config.norm_eps, layers.compute_dtype(config),
-                                  "kernel" if fused else "xla", residual)
+                                  pallas_triton.path_for(fused), residual)
 
 
 class NeoXAttention(nn.Module):
