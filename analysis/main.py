@@ -19,6 +19,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from analysis import report, series
+from weibull_jax import compilation_cache
 
 _RUN_DIR = flags.DEFINE_list("run_dir", [], "Run directories of python -m train.main (comma list).")
 _HF_SERIES = flags.DEFINE_string("hf_series", "", "step{N} revisions of a model: a folder of HuggingFace "
@@ -39,6 +40,9 @@ _WINDOW = flags.DEFINE_list("backbone_window", [], "FIRST,LAST: the trajectory g
 _GRADIENT_BATCHES = flags.DEFINE_integer("gradient_batches", 32, "Minibatch gradients per analysed knot for the "
                                          "gradient alignment and Fisher probes (M); 0: no gradient probes.")
 _GRADIENT_EVERY = flags.DEFINE_integer("gradient_every", 1, "Probe the gradients at every N-th knot.")
+_COMPILATION_CACHE = flags.DEFINE_string(
+    "compilation_cache", compilation_cache.DEFAULT_FOLDER, "Folder of the compiled programs, kept for the next "
+    "process: another run of the same shapes loads them (weibull_jax.compilation_cache); empty: off.")
 _DEVICES = flags.DEFINE_integer("devices", 1, "Split every weight slab's elements over this many of the host's "
                                 "devices (-1: all): larger slabs, the work spread; the fits unchanged to the bit.")
 
@@ -55,6 +59,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if bool(_RUN_DIR.value) == bool(_HF_SERIES.value):
         raise app.UsageError("give --run_dir (one or more run directories) or --hf_series")
+    compilation_cache.use(_COMPILATION_CACHE.value)
     try:
         window = _integers(_WINDOW)
         for flag, lowest in ((_GRADIENT_BATCHES, 0), (_GRADIENT_EVERY, 1), (_RECOVERY_EVERY, 1)):

@@ -135,6 +135,42 @@ def test_kill_campaign_every_restart_continues_bit_identically(tmp_path, cache):
     assert (killed / "report" / "index.html").is_file()
 
 
+def _budget(metrics):
+    return [(m["step"], m["loss"], m["grad_norm"], m["forces"], m["norms"]) for m in metrics]
+
+
+def test_compiled_programs_are_kept_for_the_next_process_and_an_entry_cut_short_is_compiled_again(tmp_path, cache):
+    """``train.main`` and ``analysis.main`` keep their compiled programs in ``~/.cache/weibull_jax/xla``
+    (``--compilation_cache``; empty: none kept). Every entry cut to half its length, as a kill inside JAX's
+    write of one leaves it: the next run compiles again and its metrics are the first run's, bit for bit, as
+    are those of a run that keeps nothing."""
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+
+    def train_in(name, home, *flags):
+        out = subprocess.run(_small(tmp_path / name, cache) + list(flags), cwd=ROOT,
+                             env={**env, "HOME": str(home)}, capture_output=True, text=True, timeout=900)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return _budget(_metrics(tmp_path / name))
+
+    home = tmp_path / "home"
+    kept = home / ".cache" / "weibull_jax" / "xla"
+    first = train_in("first", home)
+    entries = sorted(kept.iterdir())
+    assert entries and all(e.stat().st_size > 0 for e in entries)
+    report = subprocess.run([sys.executable, "-m", "analysis.main", f"--run_dir={tmp_path / 'first'}",
+                             "--gradient_batches=0", "--recovery_spacings=10", "--closed_loop_spacings=1,10",
+                             "--table_steps=10,40"], cwd=ROOT, env={**env, "HOME": str(home)},
+                            capture_output=True, text=True, timeout=900)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert len(list(kept.iterdir())) > len(entries)  # the analysis' own programs
+    for e in kept.iterdir():
+        os.truncate(e, e.stat().st_size // 2)
+    assert train_in("again", home) == first
+    nothing = tmp_path / "nothing"
+    assert train_in("off", nothing, "--compilation_cache=") == first
+    assert not (nothing / ".cache").exists()
+
+
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, cache):
     log = tmp_path / "stderr.log"  # a file, not a pipe: a pipe nobody reads while polling fills up and blocks
     with open(log, "w") as stderr:

@@ -3,7 +3,7 @@
   python -m train.main --config=configs/default.py [--workdir=runs/default] [--config.steps=500 ...]
 
 Rerunning the same command in the same ``--workdir`` resumes from the latest checkpoint (on any number of
-devices: ``--config.mesh.*``).
+devices: ``--config.mesh.*``), with the programs the first process compiled (``--compilation_cache``).
 
 Several hosts: run the same command once per host, all on one shared ``--workdir``, with ``--distributed``
 under SLURM, Open MPI or on a TPU pod (``jax.distributed`` finds the processes itself), or anywhere else
@@ -22,6 +22,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from train import train
+from weibull_jax import compilation_cache
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Training configuration.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: runs/<config file name>).")
@@ -30,6 +31,9 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Start jax.distributed, t
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 (implies --distributed).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "How many processes the run has.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0 … num_processes − 1.")
+_COMPILATION_CACHE = flags.DEFINE_string(
+    "compilation_cache", compilation_cache.DEFAULT_FOLDER, "Folder of the compiled programs, kept for the next "
+    "process: a restart loads its step instead of compiling it again (weibull_jax.compilation_cache); empty: off.")
 
 
 class _Quiet(python_logging.Filter):
@@ -44,6 +48,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.get_absl_handler().addFilter(_Quiet())
+    compilation_cache.use(_COMPILATION_CACHE.value)
     if _DISTRIBUTED.value or _COORDINATOR.value or os.environ.get("JAX_COORDINATOR_ADDRESS"):
         jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     config = _CONFIG.value
