@@ -15,12 +15,15 @@ import time
 
 import jax
 import numpy as np
-from absl import app
+from absl import app, flags
 from ml_collections import config_flags
 
-from weibull_jax import anchor, framework, models
+from weibull_jax import anchor, compilation_cache, framework, models
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/diagnose.py", "Diagnosis configuration.")
+_COMPILATION_CACHE = flags.DEFINE_string(
+    "compilation_cache", compilation_cache.DEFAULT_FOLDER, "Folder of the compiled programs, kept for the next "
+    "process: weights of the same shapes diagnosed again load them (weibull_jax.compilation_cache); empty: off.")
 
 
 def load_params(config):
@@ -69,6 +72,7 @@ def check_config(config) -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    compilation_cache.use(_COMPILATION_CACHE.value)
     try:
         diagnose(_CONFIG.value)
     except (ValueError, OSError) as e:  # bad weights, bad config values, unwritable output: one message

@@ -4,9 +4,9 @@ A process that restarts a run (after a kill, a preemption notice, or to train fo
 analyses another run of the same shapes, loads its step and its diagnostics from the folder instead of
 compiling them again (on a GPU JAX keeps XLA's autotuning results there too). The key of an entry is the
 program's HLO, the compiler's options, the devices and the jax and jaxlib versions, so an entry only serves
-the program it was compiled from. ``train.main`` and ``analysis.main`` call :func:`use` with their
-``--compilation_cache``; the kill campaign's small run restarts in 6.7-6.8 s instead of 10.4-11.1 s on a
-2-core CPU (docs/reliability.md).
+the program it was compiled from. ``train.main``, ``analysis.main`` and ``analysis.diagnose`` call
+:func:`use` with their ``--compilation_cache``; the kill campaign's small run restarts in 6.7-6.8 s
+instead of 10.4-11.1 s on a 2-core CPU (docs/reliability.md).
 
 JAX writes an entry in place (no temporary file and rename): a process killed inside that write leaves the
 entry short, and every later process warns that it cannot read it and compiles that program again. Deleting
