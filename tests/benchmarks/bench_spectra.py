@@ -56,11 +56,14 @@ def eigh_table(cases: list[tuple[int, int]], repeats: int, implementations: list
     (``default``: what ``jnp.linalg.eigh`` gets, on a CUDA GPU cuSOLVER's batched solver, whose floor per
     call is why the library solves all Grams of one size in one call; ``qr``, ``jacobi``: the lowering's other
     choices; ``tridiagonal``: ``jax.lax.linalg.tridiagonal`` alone, cuSOLVER's reduction to tridiagonal form
-    (sytrd), the first step of an eigenvalues-only solve): what one call costs against the batch."""
+    (sytrd), the first step of an eigenvalues-only solve; ``torch_eigvalsh``: the peer's eigenvalues-only
+    solve, ``torch.linalg.eigvalsh`` on the same Grams (shared through DLPack; cuSOLVER without vectors on a
+    GPU, which jax's lowering never asks for): what one call costs against the batch."""
     eigh = jax.lax.linalg.eigh
-    solvers = {"default": eigh, "qr": functools.partial(eigh, implementation=jax.lax.linalg.EighImplementation.QR),
-               "jacobi": functools.partial(eigh, implementation=jax.lax.linalg.EighImplementation.JACOBI),
-               "tridiagonal": jax.lax.linalg.tridiagonal}
+    solvers = {"default": jax.jit(eigh),
+               "qr": jax.jit(functools.partial(eigh, implementation=jax.lax.linalg.EighImplementation.QR)),
+               "jacobi": jax.jit(functools.partial(eigh, implementation=jax.lax.linalg.EighImplementation.JACOBI)),
+               "tridiagonal": jax.jit(jax.lax.linalg.tridiagonal), "torch_eigvalsh": _torch_eigvalsh}
     print(f"eigh of float64 Grams on {jax.devices()[0].device_kind}: batch x n, ms a call "
           f"({', '.join(implementations)})", flush=True)
     with jax.enable_x64(True):
@@ -69,9 +72,18 @@ def eigh_table(cases: list[tuple[int, int]], repeats: int, implementations: list
             gram = jnp.einsum("bki,bkj->bij", x, x) / n
             times = []
             for name in implementations:
-                solve = jax.jit(solvers[name])
-                times.append(f"{median_seconds(lambda: solve(gram), repeats) * 1e3:8.1f}")
+                times.append(f"{median_seconds(lambda: solvers[name](gram), repeats) * 1e3:8.1f}")
             print(f"  {batch:3d} x {n:4d}  {'  '.join(times)} ms", flush=True)
+
+
+def _torch_eigvalsh(gram: jax.Array):
+    """``torch.linalg.eigvalsh`` of a stack of Grams, waited for (torch's queue is not jax's)."""
+    import torch
+
+    values = torch.linalg.eigvalsh(torch.from_dlpack(gram))
+    if values.is_cuda:
+        torch.cuda.synchronize()
+    return values
 
 
 def _library(ws):
@@ -128,7 +140,8 @@ def main() -> None:
     parser.add_argument("--eigh", default="",
                         help="also time eigensolves of float64 Grams of these stacks, e.g. 6x512,96x2048")
     parser.add_argument("--eigh_implementations", default="default",
-                        help="with --eigh: which of cuSOLVER's eigensolvers, e.g. default,qr,jacobi,tridiagonal")
+                        help="with --eigh: which of cuSOLVER's eigensolvers, e.g. "
+                             "default,qr,jacobi,tridiagonal,torch_eigvalsh")
     args = parser.parse_args()
     if args.eigh:
         eigh_table([tuple(map(int, case.split("x"))) for case in args.eigh.split(",")], args.repeats,
