@@ -139,24 +139,27 @@ def _budget(metrics):
     return [(m["step"], m["loss"], m["grad_norm"], m["forces"], m["norms"]) for m in metrics]
 
 
-def test_compiled_programs_are_kept_for_the_next_process_and_an_entry_cut_short_is_compiled_again(tmp_path, cache):
+def test_compiled_programs_are_loaded_by_the_next_process_and_an_entry_cut_short_is_compiled_again(tmp_path, cache):
     """``train.main`` and ``analysis.main`` keep their compiled programs in ``~/.cache/weibull_jax/xla``
-    (``--compilation_cache``; empty: none kept). Every entry cut to half its length, as a kill inside JAX's
-    write of one leaves it: the next run compiles again and its metrics are the first run's, bit for bit, as
-    are those of a run that keeps nothing."""
+    (``--compilation_cache``; empty: none kept). The same run again misses none of them (JAX's own account of
+    its misses) and its metrics are the first's, bit for bit. Every entry cut to half its length, as a kill
+    inside JAX's write of one leaves it: the next run compiles again, to the same metrics, as does a run that
+    keeps nothing."""
     env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    env["JAX_EXPLAIN_CACHE_MISSES"] = "1"  # each miss of the persistent cache logged as a warning
 
     def train_in(name, home, *flags):
         out = subprocess.run(_small(tmp_path / name, cache) + list(flags), cwd=ROOT,
                              env={**env, "HOME": str(home)}, capture_output=True, text=True, timeout=900)
         assert out.returncode == 0, out.stderr[-3000:]
-        return _budget(_metrics(tmp_path / name))
+        return _budget(_metrics(tmp_path / name)), out.stderr.count("PERSISTENT COMPILATION CACHE MISS")
 
     home = tmp_path / "home"
     kept = home / ".cache" / "weibull_jax" / "xla"
-    first = train_in("first", home)
+    first, compiled = train_in("first", home)
     entries = sorted(kept.iterdir())
-    assert entries and all(e.stat().st_size > 0 for e in entries)
+    assert compiled > 0 and entries and all(e.stat().st_size > 0 for e in entries)
+    assert train_in("loaded", home) == (first, 0)
     report = subprocess.run([sys.executable, "-m", "analysis.main", f"--run_dir={tmp_path / 'first'}",
                              "--gradient_batches=0", "--recovery_spacings=10", "--closed_loop_spacings=1,10",
                              "--table_steps=10,40"], cwd=ROOT, env={**env, "HOME": str(home)},
@@ -165,9 +168,9 @@ def test_compiled_programs_are_kept_for_the_next_process_and_an_entry_cut_short_
     assert len(list(kept.iterdir())) > len(entries)  # the analysis' own programs
     for e in kept.iterdir():
         os.truncate(e, e.stat().st_size // 2)
-    assert train_in("again", home) == first
+    assert train_in("cut_short", home)[0] == first
     nothing = tmp_path / "nothing"
-    assert train_in("off", nothing, "--compilation_cache=") == first
+    assert train_in("off", nothing, "--compilation_cache=")[0] == first
     assert not (nothing / ".cache").exists()
 
 
