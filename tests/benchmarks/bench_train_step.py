@@ -16,10 +16,12 @@ random tokens, bf16 compute with float32 weights on both sides:
   ``exp_avg``/``exp_avg_sq`` after each step to form the same budget (the peer's way to get the forces).
 
 Each variant runs in its own process (so that peak memory is its own); the table gives tokens/s, peak GPU
-memory and the ratio to the torch.compile figure. With ``--runs K`` every variant runs K times, the variants'
-order reversed every other round (so that a drift of the host's speed reaches them alike); the table gives
-each variant's median run, and every run's time is listed under it (torch.compile's time falls in two
-groups from one process to the next on some hosts; README, Speed).
+memory and the ratio to the torch.compile figure, and a line each run's first step: compiled and run, or
+loaded from a cache (torch's inductor caches as the host has them; the jax variants' with
+``--compilation_cache=DIR``: a second run, ``--runs 2``, loads what the first compiled). With ``--runs K``
+every variant runs K times, the variants' order reversed every other round (so that a drift of the host's
+speed reaches them alike); the table gives each variant's median run, and every run's time is listed under
+it (torch.compile's time falls in two groups from one process to the next on some hosts; README, Speed).
 
 ``--batch`` is the global batch: with ``--mesh data|fsdp`` and ``--devices N`` the jax variants shard it
 (and the weights, for fsdp) over N devices, and with ``--peer ddp|fsdp`` a torch variant started by
@@ -52,8 +54,9 @@ def run_jax(args, forces: bool, fused: bool) -> dict:
     import jax
 
     from train import train
-    from weibull_jax import models, optim, sharding
+    from weibull_jax import compilation_cache, models, optim, sharding
 
+    compilation_cache.use(args.compilation_cache)
     config = models.preset(args.preset, dtype="bfloat16", max_seq_len=args.seq)
     schedule = optim.learning_rate_schedule("cosine", LR, TOTAL, WARMUP)
     optimizer = optim.make_optimizer("adamw", schedule, WD, B1, B2, EPS)
@@ -68,8 +71,12 @@ def run_jax(args, forces: bool, fused: bool) -> dict:
     step = train.make_train_step(config, optimizer, schedule, wd, dict(b1=B1, b2=B2, eps=EPS), forces,
                                  shardings=shardings, batch_sharding=rows, fused=fused)
     batches = [jax.device_put(t) if mesh is None else sharding.global_batch(t, rows) for t in _tokens(args, 4)]
-    for i in range(args.warmup):
+    start = time.perf_counter()
+    for i in range(max(args.warmup, 1)):
         state, metrics = step(state, batches[i % 4])
+        if i == 0:  # compiled (or loaded from --compilation_cache) and run
+            jax.block_until_ready(metrics)
+            first_step = time.perf_counter() - start
     jax.block_until_ready(metrics)
     start = time.perf_counter()
     for i in range(args.steps):
@@ -88,7 +95,7 @@ def run_jax(args, forces: bool, fused: bool) -> dict:
         kernel_table.profile(one_step, hlo, args.profile)
     peak = max((d.memory_stats() or {}).get("peak_bytes_in_use", 0) for d in devices)
     return {"seconds_per_step": seconds / args.steps, "peak_bytes": peak, "loss": float(metrics["loss"]),
-            "device": jax.devices()[0].device_kind, "version": f"jax {jax.__version__}"}
+            "first_step": first_step, "device": jax.devices()[0].device_kind, "version": f"jax {jax.__version__}"}
 
 
 def _cosine_factor(t: int) -> float:
@@ -159,8 +166,12 @@ def run_torch(args, compiled: bool, forces: bool) -> dict:
         if args.peer:
             torch.distributed.barrier()
 
-    for i in range(args.warmup):
+    start = time.perf_counter()
+    for i in range(max(args.warmup, 1)):
         step(batches[i % 4])
+        if i == 0:  # compiled (torch.compile; inductor's caches as the host has them) and run
+            settle()
+            first_step = time.perf_counter() - start
     settle()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -177,6 +188,7 @@ def run_torch(args, compiled: bool, forces: bool) -> dict:
         loss /= world
         torch.distributed.destroy_process_group()
     return {"seconds_per_step": seconds / args.steps, "peak_bytes": int(peak), "loss": float(loss), "rank": rank,
+            "first_step": first_step,
             "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
             "version": f"torch {torch.__version__}, transformers {transformers.__version__}"}
 
@@ -205,6 +217,9 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--runs", type=int, default=1, help="run each variant this many times, alternating; "
                         "report the median run")
+    parser.add_argument("--compilation_cache", default="", help="jax variants: keep and load their compiled "
+                        "programs here (weibull_jax.compilation_cache; with --runs 2 the second run's first step "
+                        "loads them); empty: compile every time")
     args = parser.parse_args()
     if args.variant:
         result = run_variant(args)
@@ -217,7 +232,8 @@ def main() -> None:
         for variant in order if round_ % 2 == 0 else order[::-1]:
             profile = args.profile and round_ == 0
             cmd = [sys.executable, __file__, "--variant", variant] + [
-                f"--{k}={getattr(args, k)}" for k in ("preset", "batch", "seq", "steps", "warmup")] + (
+                f"--{k}={getattr(args, k)}" for k in ("preset", "batch", "seq", "steps", "warmup",
+                                                      "compilation_cache")] + (
                 [f"--profile={args.profile}/{variant}"] if profile else [])
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode:
@@ -245,6 +261,8 @@ def main() -> None:
     if args.runs > 1:
         print("ms/step of each run (the table: the median run): " + "; ".join(
             variant + "".join(f" {1e3 * r['seconds_per_step']:.2f}" for r in rs) for variant, rs in runs.items()))
+    print("first step of each run, s (compiled or loaded from a cache, and run): " + "; ".join(
+        variant + "".join(f" {r['first_step']:.1f}" for r in rs) for variant, rs in runs.items()))
     if peak:
         causal = flops.training_flops_per_token(preset(args.preset), args.seq, causal=True)
         print(f"MFU: {per_token / 1e9:.3f} GFLOP a token (6N + 12·L·T·d_attn, PaLM's count; {causal / 1e9:.3f} with "
