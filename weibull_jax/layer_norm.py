@@ -93,13 +93,17 @@ def _backward_kernel(x_ref, mean_ref, rstd_ref, *refs, count: int, with_residual
         sums_ref[2 * k + 1, :] = jnp.sum(grad, axis=0)
 
 
+def _specs(rows: int, d: int):
+    """Rows a program takes, and the blocks of both kernels: (r, d) rows, the (d,) norm vectors, (r,) μ or r."""
+    r = pallas_triton.rows_per_program(d, BLOCK, rows)
+    return (r, pl.BlockSpec((r, d), lambda i: (i, 0)), pl.BlockSpec((d,), lambda i: (0,)),
+            pl.BlockSpec((r,), lambda i: (i,)))
+
+
 def kernel_forward(x, scales, biases, eps, dtype, *, interpret: bool = False):
     """:func:`xla_forward` in one kernel over x (rows, d), d a power of two; μ, r (rows, 1)."""
     rows, d = x.shape
-    r = pallas_triton.rows_per_program(d, BLOCK, rows)
-    block = pl.BlockSpec((r, d), lambda i: (i, 0))
-    vector = pl.BlockSpec((d,), lambda i: (0,))
-    stat = pl.BlockSpec((r,), lambda i: (i,))
+    r, block, vector, stat = _specs(rows, d)
     count = len(scales)
     out = pl.pallas_call(
         functools.partial(_forward_kernel, count=count, eps=eps),
@@ -117,11 +121,8 @@ def kernel_forward(x, scales, biases, eps, dtype, *, interpret: bool = False):
 def kernel_backward(x, mean, rstd, scales, grads, residual, *, interpret: bool = False):
     """:func:`xla_backward` in one kernel over x (rows, d), and XLA's sum of the programs' partial sums."""
     rows, d = x.shape
-    r = pallas_triton.rows_per_program(d, BLOCK, rows)
+    r, block, vector, stat = _specs(rows, d)
     programs, count = rows // r, len(scales)
-    block = pl.BlockSpec((r, d), lambda i: (i, 0))
-    vector = pl.BlockSpec((d,), lambda i: (0,))
-    stat = pl.BlockSpec((r,), lambda i: (i,))
     partial = pl.BlockSpec((None, 2 * count, d), lambda i: (i, 0, 0))
     extra = [] if residual is None else [residual]
     out = pl.pallas_call(
