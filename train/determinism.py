@@ -15,8 +15,6 @@ floating-point atomics, does not (docs/reliability.md).
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import numpy as np
 from absl import app, flags
@@ -68,8 +66,7 @@ def step_outputs(model_config: models.ModelConfig, tokens: np.ndarray, runs: int
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    model_config = dataclasses.replace(models.preset(_PRESET.value, dtype="bfloat16", max_seq_len=_SEQ.value),
-                                       attention=_ATTENTION.value)
+    model_config = models.preset(_PRESET.value, dtype="bfloat16", max_seq_len=_SEQ.value, attention=_ATTENTION.value)
     kernels = _KERNELS.value
     if kernels == "auto":
         kernels = "all" if jax.default_backend() == "gpu" else "none"
