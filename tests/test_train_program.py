@@ -276,6 +276,28 @@ def test_a_corrupt_checkpoint_or_another_config_overwrites_nothing(tmp_path, cac
     assert sorted(os.listdir(os.path.join(run, "checkpoints"))) == ["10"]
 
 
+def test_a_run_made_before_a_model_field_existed_resumes_and_another_model_is_refused(tmp_path):
+    """A run directory whose ``config.model`` lacks a field added since (here ``embedding_gradient``) is the
+    same model when that field takes its default; a changed field is still refused."""
+    import json
+
+    import ml_collections
+
+    from configs import default
+    from train import records
+
+    config = ml_collections.ConfigDict({"steps": 10, "model": default.model("pythia-14m")})
+    older = config.to_dict()
+    del older["model"]["embedding_gradient"]
+    (tmp_path / "config.json").write_text(json.dumps(older))
+    records.RunRecords(str(tmp_path), config, ["w"])
+    assert json.loads((tmp_path / "config.json").read_text())["model"]["embedding_gradient"] == "scatter"
+    for change in ({"embedding_gradient": "sorted"}, {"d_model": 256}):
+        other = ml_collections.ConfigDict({"steps": 10, "model": default.model("pythia-14m", **change)})
+        with pytest.raises(ValueError, match=r"different config \(model differ\)"):
+            records.RunRecords(str(tmp_path), other, ["w"])
+
+
 def test_a_restart_drops_forces_beyond_the_checkpoint_and_half_written_files(tmp_path):
     """SIGKILL can land while ``forces/{step}.npz.tmp.npz`` is being written (seen in CI); the restart drops it."""
     import ml_collections

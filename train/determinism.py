@@ -1,7 +1,7 @@
 """Is the training step bit-reproducible here? The same state and batch, stepped again, leaf by leaf.
 
   python -m train.determinism [--preset=pythia-70m] [--batch=8] [--seq=512] [--runs=3] [--steps=3]
-      [--kernels=auto|all|loss|none] [--attention=auto|xla|cudnn]
+      [--kernels=auto|all|loss|none] [--attention=auto|xla|cudnn] [--embedding_gradient=scatter|sorted]
 
 Builds the training program's step (:func:`train.train.make_train_step`: AdamW, the forces recorded), then
 ``runs`` times creates the same initial state (seed 0), takes ``steps`` steps on the same batch and keeps the
@@ -10,7 +10,8 @@ parameters and the last step's metrics; prints which leaves are not bit for bit 
 ``loss``: all but AdamW's; ``none``: XLA's passes; ``auto``: as the training program, all on a GPU and none
 elsewhere). On a CPU every leaf repeats (``tests/test_determinism.py``), which is what the kill campaign's
 bit-for-bit restarts rest on; on a GPU the embedding table's gradient, a scatter-add of its token rows with
-floating-point atomics, does not (docs/reliability.md).
+floating-point atomics, does not (docs/reliability.md), unless it is summed in a fixed order
+(``--embedding_gradient=sorted``: :mod:`weibull_jax.embedding`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ _RUNS = flags.DEFINE_integer("runs", 3, "Runs from the same state.")
 _STEPS = flags.DEFINE_integer("steps", 3, "Steps a run.")
 _KERNELS = flags.DEFINE_enum("kernels", "auto", ["auto", "all", "loss", "none"], "The Pallas kernels used.")
 _ATTENTION = flags.DEFINE_enum("attention", "auto", ["auto", "xla", "cudnn"], "The attention's implementation.")
+_EMBEDDING_GRADIENT = flags.DEFINE_enum("embedding_gradient", "scatter", list(models.EMBEDDING_GRADIENTS),
+                                        "How the embedding table's gradient is summed (weibull_jax.embedding).")
 
 LR, B1, B2, EPS, WD, WARMUP, TOTAL = 1e-3, 0.9, 0.95, 1e-8, 0.01, 10, 1000
 
@@ -66,7 +69,8 @@ def step_outputs(model_config: models.ModelConfig, tokens: np.ndarray, runs: int
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    model_config = models.preset(_PRESET.value, dtype="bfloat16", max_seq_len=_SEQ.value, attention=_ATTENTION.value)
+    model_config = models.preset(_PRESET.value, dtype="bfloat16", max_seq_len=_SEQ.value, attention=_ATTENTION.value,
+                                 embedding_gradient=_EMBEDDING_GRADIENT.value)
     kernels = _KERNELS.value
     if kernels == "auto":
         kernels = "all" if jax.default_backend() == "gpu" else "none"
@@ -75,7 +79,8 @@ def main(argv):
     outputs = step_outputs(model_config, tokens, _RUNS.value, _STEPS.value, fused, fused_loss)
     differ = differing_leaves(outputs)
     print(f"{jax.devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}; {_PRESET.value}, "
-          f"{_BATCH.value} x {_SEQ.value}, kernels {kernels}, attention {_ATTENTION.value}: {len(differ)} of "
+          f"{_BATCH.value} x {_SEQ.value}, kernels {kernels}, attention {_ATTENTION.value}, embedding gradient "
+          f"{_EMBEDDING_GRADIENT.value}: {len(differ)} of "
           f"{len(jax.tree.leaves(outputs[0]))} leaves differ between {_RUNS.value} runs of {_STEPS.value} steps; "
           f"last loss {[float(metrics['loss']) for _, metrics in outputs]}")
     for path in differ:

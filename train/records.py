@@ -22,7 +22,7 @@ import numpy as np
 from absl import logging
 
 import weibull_jax
-from weibull_jax import data, forces, taxonomy, tree
+from weibull_jax import data, forces, models, taxonomy, tree
 
 GROUPINGS = ("class", "kind", "block")
 FORCES_FILE = re.compile(r"\d{8}\.npz")
@@ -63,6 +63,19 @@ class RunLock:
         os.close(self._fd)
 
 
+def _same_entry(key: str, saved, ours) -> bool:
+    """Whether a config entry is the saved run's: equal, or for ``model`` the same ModelConfig once the fields a
+    later version added take their defaults (a run made before them resumes)."""
+    if saved == ours:
+        return True
+    if key != "model" or not isinstance(saved, dict) or not isinstance(ours, dict):
+        return False
+    try:
+        return models.config_from_fields(saved) == models.config_from_fields(ours)
+    except (TypeError, ValueError):  # a field this version does not know, or one it needs missing
+        return False
+
+
 class RunRecords:
     def __init__(self, workdir: str, config, names: list[str]):
         """Writes ``config.json``, or refuses (overwriting nothing) if ``workdir`` holds another run's config."""
@@ -74,7 +87,7 @@ class RunRecords:
                 saved = json.load(f)
             ours = json.loads(config_json)
             changed = sorted(k for k in set(saved) | set(ours)  # a run may go on longer, or on other devices
-                           if k not in ("steps", "mesh") and saved.get(k) != ours.get(k))
+                           if k not in ("steps", "mesh") and not _same_entry(k, saved.get(k), ours.get(k)))
             if changed:
                 raise ValueError(f"{workdir} holds a run with a different config ({', '.join(changed)} differ); "
                                  "give a new --workdir (nothing was overwritten)")

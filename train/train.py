@@ -239,7 +239,7 @@ def initial_params(config: ml_collections.ConfigDict, model_config: models.Model
         return series.tree(series.index_of(int(step)))
     hf_config, params = convert.load_hf_checkpoint(config.init_from)
     if hf_config.replace(dtype=model_config.dtype, attention=model_config.attention,
-                         init_in=model_config.init_in, init_out=model_config.init_out) != model_config:
+                         embedding_gradient=model_config.embedding_gradient, init_in=model_config.init_in, init_out=model_config.init_out) != model_config:
         raise ValueError(f"config.model does not match the checkpoint {config.init_from!r}: {hf_config}")
     return params
 

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from weibull_jax import embedding
 from weibull_jax.models import gpt2, layers, llama, neox
 from weibull_jax.models.presets import ModelConfig
 
@@ -42,8 +43,9 @@ class CausalLM(nn.Module):
         c = self.config
         block, final_norm = _FAMILY[c.family]
         s_in, _ = layers.init_stddevs(c)
-        x = nn.Embed(c.vocab_size, c.d_model, param_dtype=jnp.float32,
-                     embedding_init=layers.named(nn.initializers.normal(s_in), "vocab", "embed"), name="embed")(tokens)
+        embed = nn.Embed(c.vocab_size, c.d_model, param_dtype=jnp.float32,
+                         embedding_init=layers.named(nn.initializers.normal(s_in), "vocab", "embed"), name="embed")
+        x = embedding.lookup(embed.embedding, tokens) if c.embedding_gradient == "sorted" else embed(tokens)
         positions = jnp.arange(tokens.shape[-1])
         fused = {"fused": self.fused} if c.family == "gpt_neox" else {}
         for i in range(c.n_layers):

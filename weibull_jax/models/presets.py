@@ -16,6 +16,7 @@ from weibull_jax.anchor import INIT_RECIPES
 FAMILIES = ("gpt_neox", "llama", "gpt2")
 DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION = ("xla", "cudnn", "auto")
+EMBEDDING_GRADIENTS = ("scatter", "sorted")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,7 +27,9 @@ class ModelConfig:
     input-side (embedding, W_qkv or W_q/W_k/W_v, W_FFN_in or gate/up, the head) and output-side (W_o,
     W_FFN_out or down) matrices. ``dtype`` is the compute dtype; parameters are always float32.
     ``attention``: ``"xla"``, ``"cudnn"`` (flash attention on NVIDIA GPUs, half precision only) or
-    ``"auto"`` (cuDNN on a GPU in half precision, XLA otherwise).
+    ``"auto"`` (cuDNN on a GPU in half precision, XLA otherwise). ``embedding_gradient``: ``"scatter"``
+    (XLA's scatter-add, atomic and unordered on a GPU) or ``"sorted"`` (:mod:`weibull_jax.embedding`: summed in
+    an order fixed by the tokens, so that a GPU step repeats bit for bit).
     """
 
     family: str  # "gpt_neox", "llama" or "gpt2" (modded-nanoGPT)
@@ -45,6 +48,7 @@ class ModelConfig:
     init_out: str = "wang_init"
     dtype: str = "float32"
     attention: str = "auto"
+    embedding_gradient: str = "scatter"
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -60,6 +64,8 @@ class ModelConfig:
                              f"{self.rotary_fraction}, {self.rope_base}, {self.norm_eps}")
         if self.dtype not in DTYPES or self.attention not in ATTENTION:
             raise ValueError(f"model dtype {self.dtype!r} / attention {self.attention!r}: known {DTYPES} / {ATTENTION}")
+        if self.embedding_gradient not in EMBEDDING_GRADIENTS:
+            raise ValueError(f"model embedding_gradient {self.embedding_gradient!r}: known {EMBEDDING_GRADIENTS}")
         for recipe in (self.init_in, self.init_out):
             if recipe not in INIT_RECIPES:
                 raise ValueError(f"unknown init recipe {recipe!r}; known: {INIT_RECIPES}")
