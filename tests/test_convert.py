@@ -159,3 +159,19 @@ def test_mismatches_name_the_tensor(saved):
         convert.config_from_hf({**hf, "model_type": "gpt2"})
     with pytest.raises(FileNotFoundError, match="no config.json"):
         convert.load_hf_checkpoint(os.path.dirname(path))
+
+
+def test_a_run_starts_from_a_checkpoint_with_its_own_compute_settings_and_refuses_another_shape(saved):
+    """``config.init_from``: the checkpoint fixes the shapes; how to compute (dtype, attention, the embedding's
+    gradient) and the initialisers are the run's."""
+    import ml_collections
+
+    from train import train
+
+    _, path = saved
+    config, params = convert.load_hf_checkpoint(path)
+    ours = config.replace(dtype="bfloat16", attention="xla", embedding_gradient="sorted", init_in="normal")
+    started = train.initial_params(ml_collections.ConfigDict({"init_from": path}), ours)
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), started, params))
+    with pytest.raises(ValueError, match="does not match the checkpoint"):
+        train.initial_params(ml_collections.ConfigDict({"init_from": path}), ours.replace(d_ff=2 * ours.d_ff))

@@ -238,8 +238,9 @@ def initial_params(config: ml_collections.ConfigDict, model_config: models.Model
             raise ValueError(f"config.model does not match the weights of {run_dir}")
         return series.tree(series.index_of(int(step)))
     hf_config, params = convert.load_hf_checkpoint(config.init_from)
-    if hf_config.replace(dtype=model_config.dtype, attention=model_config.attention,
-                         embedding_gradient=model_config.embedding_gradient, init_in=model_config.init_in, init_out=model_config.init_out) != model_config:
+    not_in_a_checkpoint = {field: getattr(model_config, field)  # how to compute and initialise
+                           for field in ("dtype", "attention", "embedding_gradient", "init_in", "init_out")}
+    if hf_config.replace(**not_in_a_checkpoint) != model_config:
         raise ValueError(f"config.model does not match the checkpoint {config.init_from!r}: {hf_config}")
     return params
 

@@ -1,9 +1,10 @@
-r"""An embedding lookup whose gradient is summed in a fixed order: bit-reproducible on a GPU.
+r"""An embedding lookup whose gradient is summed in an order the tokens fix, not by unordered atomic adds.
 
 The gradient of ``table[tokens]`` is a scatter-add, ∂L/∂E_v = Σ_{i: t_i = v} ∂L/∂x_i. On a GPU, XLA sums it
 with floating-point atomic adds, whose order changes from run to run, and the table's gradient with it
 (measured by ``python -m train.determinism``: the only leaf of a Pythia-70M step that does not repeat).
-:func:`lookup` computes the same sum in an order fixed by the tokens alone:
+:func:`lookup` computes the same sum in an order fixed by the tokens alone, with no atomics (whether that
+makes the GPU step repeat, and its cost there, are still to be measured):
 
 1. sort the positions by token (a stable sort, so ties keep their positions' order);
 2. a segmented inclusive scan of the rows in that order, ``(a, f) ⊕ (b, g) = (g ? b : a + b, f ∨ g)`` with
@@ -49,7 +50,7 @@ def _lookup_backward(residuals, rows_cotangent):
     sums, _ = jax.lax.associative_scan(_segmented_sum, (rows, starts))
     ends = jnp.concatenate([change, jnp.ones((1,), bool)])
     rows_of = jnp.where(ends, ids, table.shape[0])  # out of range: dropped
-    grad = jnp.zeros(table.shape, jnp.float32).at[rows_of].set(sums, mode="drop", unique_indices=False)
+    grad = jnp.zeros(table.shape, jnp.float32).at[rows_of].set(sums, mode="drop")
     return grad.astype(table.dtype), None
 
 
