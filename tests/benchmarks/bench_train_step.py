@@ -57,7 +57,8 @@ def run_jax(args, forces: bool, fused: bool) -> dict:
     from weibull_jax import compilation_cache, models, optim, sharding
 
     compilation_cache.use(args.compilation_cache)
-    config = models.preset(args.preset, dtype="bfloat16", max_seq_len=args.seq)
+    config = models.preset(args.preset, dtype="bfloat16", max_seq_len=args.seq,
+                           embedding_gradient=args.embedding_gradient)
     schedule = optim.learning_rate_schedule("cosine", LR, TOTAL, WARMUP)
     optimizer = optim.make_optimizer("adamw", schedule, WD, B1, B2, EPS)
     devices = jax.devices()[:args.devices]
@@ -220,6 +221,8 @@ def main() -> None:
     parser.add_argument("--compilation_cache", default="", help="jax variants: keep and load their compiled "
                         "programs here (weibull_jax.compilation_cache; with --runs 2 the second run's first step "
                         "loads them); empty: compile every time")
+    parser.add_argument("--embedding_gradient", choices=("scatter", "sorted"), default="scatter",
+                        help="jax variants: how the embedding table's gradient is summed (weibull_jax.embedding)")
     args = parser.parse_args()
     if args.variant:
         result = run_variant(args)
@@ -233,7 +236,7 @@ def main() -> None:
             profile = args.profile and round_ == 0
             cmd = [sys.executable, __file__, "--variant", variant] + [
                 f"--{k}={getattr(args, k)}" for k in ("preset", "batch", "seq", "steps", "warmup",
-                                                      "compilation_cache")] + (
+                                                      "compilation_cache", "embedding_gradient")] + (
                 [f"--profile={args.profile}/{variant}"] if profile else [])
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode:
