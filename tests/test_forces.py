@@ -123,7 +123,7 @@ def test_forces_from_update_close_the_budget_for_every_optimizer(name):
 
     opt = optim.make_optimizer(name, 0.05, weight_decay=WD)
     state = opt.init(params)
-    wd = jax.tree.map(lambda on: WD if on else 0.0, optim.matrices_decay(params))
+    wd = optim.decay_per_leaf(params, WD)
     for _ in range(5):
         grads = jax.grad(renamed_loss)(params)
         updates, state = opt.update(grads, state, params)

@@ -51,7 +51,7 @@ def _program(config, mesh=None):
     optimizer, schedule, adam, _ = train.optimizer_of(config)
     shardings = _shardings(config, mesh) if mesh is not None else None
     state = train.create_train_state(model_config, optimizer, jax.random.key(0), shardings=shardings)
-    wd = jax.tree.map(lambda on: config.optimizer.weight_decay if on else 0.0, optim.matrices_decay(state.params))
+    wd = optim.decay_per_leaf(state.params, config.optimizer.weight_decay)
     step = train.make_train_step(model_config, optimizer, schedule, wd, adam, shardings=shardings,
                                  batch_sharding=sharding.batch_sharding(mesh) if mesh is not None else None)
     return state, step

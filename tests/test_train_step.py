@@ -17,7 +17,7 @@ def _tiny(name: str, clip_norm: float = 0.0, dtype: str = "float32"):
     schedule = optim.learning_rate_schedule("cosine", 3e-3, 100, 5)
     optimizer = optim.make_optimizer(name, schedule, WD, b1=0.9, b2=0.95, clip_norm=clip_norm or None)
     state = train.create_train_state(config, optimizer, jax.random.key(0))
-    wd = jax.tree.map(lambda on: WD if on else 0.0, optim.matrices_decay(state.params))
+    wd = optim.decay_per_leaf(state.params, WD)
     adam = dict(b1=0.9, b2=0.95, eps=1e-8, clip_norm=clip_norm) if name == "adamw" else None
     return config, schedule, optimizer, state, wd, adam
 

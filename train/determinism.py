@@ -50,16 +50,13 @@ def step_outputs(model_config: models.ModelConfig, tokens: np.ndarray, runs: int
     """``runs`` times: the same initial state, ``steps`` steps on ``tokens``; each run's (params, metrics)."""
     schedule = optim.learning_rate_schedule("cosine", LR, TOTAL, WARMUP)
     optimizer = optim.make_optimizer("adamw", schedule, WD, B1, B2, EPS)
-
-    def fresh():
-        return train.create_train_state(model_config, optimizer, jax.random.key(0))
-
-    weight_decay = jax.tree.map(lambda on: WD if on else 0.0, optim.matrices_decay(fresh().params))
+    shapes = jax.eval_shape(lambda: models.init_params(model_config, jax.random.key(0)))
+    weight_decay = optim.decay_per_leaf(shapes, WD)
     step = train.make_train_step(model_config, optimizer, schedule, weight_decay, dict(b1=B1, b2=B2, eps=EPS),
                                  True, fused=fused, fused_loss=fused_loss)
     outputs = []
     for _ in range(runs):
-        state = fresh()
+        state = train.create_train_state(model_config, optimizer, jax.random.key(0))
         for _ in range(steps):
             state, metrics = step(state, tokens)
         outputs.append(jax.device_get((state.params, metrics)))

@@ -367,8 +367,7 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
     shardings = state_shardings(model_config, optimizer, mesh, tuple(map(tuple, config.mesh.rules)))
     sharding.wait_for_every_process("setup")  # the corpus and the weights are ready on every host: collectives next
     state = create_train_state(model_config, optimizer, jax.random.key(config.seed), params, shardings)
-    weight_decay = jax.tree.map(lambda on: config.optimizer.weight_decay if on else 0.0,
-                                optim.matrices_decay(state.params))
+    weight_decay = optim.decay_per_leaf(state.params, config.optimizer.weight_decay)
     probe_weight = probe.weight_schedule(config.probe.weights) if corpus.task else None
     step_fn = make_train_step(model_config, optimizer, schedule, weight_decay, adam, config.record_forces,
                               probe_weight, leaf_lr, shardings, batch_sharding, fused=jax.default_backend() == "gpu")

@@ -73,6 +73,12 @@ def matrices_decay(params: Any) -> Any:
     return jax.tree.map(tree_lib.is_matrix, params)
 
 
+def decay_per_leaf(params: Any, weight_decay: float) -> Any:
+    """λ_wd per leaf, as the force budget and the fused AdamW read it: ``weight_decay`` where
+    :func:`matrices_decay` puts the decay, 0 elsewhere (a tree like ``params``; shapes suffice)."""
+    return jax.tree.map(lambda on: weight_decay if on else 0.0, matrices_decay(params))
+
+
 def hidden_matrices(params: Any) -> Any:
     """Muon's domain: 2-D matrices inside the blocks (embeddings, the head, norms and biases are not)."""
     names, leaves, treedef, positions = tree_lib.named_leaves(params, lambda p, x: True)

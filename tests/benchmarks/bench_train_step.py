@@ -67,7 +67,7 @@ def run_jax(args, forces: bool, fused: bool) -> dict:
     shardings = None if mesh is None else train.state_shardings(config, optimizer, mesh)
     rows = None if mesh is None else sharding.batch_sharding(mesh)
     state = train.create_train_state(config, optimizer, jax.random.key(0), shardings=shardings)
-    wd = jax.tree.map(lambda on: WD if on else 0.0, optim.matrices_decay(state.params))
+    wd = optim.decay_per_leaf(state.params, WD)
     fused = fused and jax.default_backend() == "gpu"  # elsewhere the kernel would run in Pallas' interpreter
     step = train.make_train_step(config, optimizer, schedule, wd, dict(b1=B1, b2=B2, eps=EPS), forces,
                                  shardings=shardings, batch_sharding=rows, fused=fused)
